@@ -1,0 +1,5 @@
+"""``python -m job``: the same CLI as the ``trainjob`` console script."""
+
+from job.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""The ``trainjob`` command line: argument parsing, exit codes, one-line errors.
+
+Owns: the commands and their flags, mapping the exception family to exit codes
+and a single clear line on stderr. TensorFlow is imported lazily, only by the
+commands that train, so ``render``/``submit``/``status`` start fast.
+Never touches: business logic; every command is a call into a module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from job import __version__
+from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code.
+
+    Example:
+        >>> main(["validate", "examples/shapes.yaml"])   # doctest: +SKIP
+        0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_OK
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except TrainjobError as error:
+        print(f"trainjob: error: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("trainjob: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainjob",
+        description="Train Keras image classifiers as distributed batch jobs on Kubernetes.",
+        epilog="Exit codes: 0 success, 1 run failed, 2 bad input, 75 retryable "
+               "(lost peer or preempted; restart resumes), 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"trainjob {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one worker (of one, or of a cluster)")
+    p.add_argument("spec", type=Path, help="the YAML spec")
+    p.add_argument("--run-id", default=os.environ.get("TRAINJOB_RUN_ID"),
+                   help="run directory name under output.dir; a restart with the same id "
+                        "resumes (default: $TRAINJOB_RUN_ID, else the spec's name)")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("validate", help="check the spec and scan the dataset without training")
+    p.add_argument("spec", type=Path)
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("demo", help="generate the sample data and train on it")
+    p.add_argument("--out", type=Path, default=Path("demo"),
+                   help="folder for the sample data and the run (default: ./demo)")
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("local", help="run N workers on this machine, restarting the group "
+                                     "on retryable failures")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-restarts", type=int, default=3)
+    p.add_argument("--run-id", default=None)
+    p.set_defaults(handler=_local)
+
+    _submitter_commands(sub)
+    return parser
+
+
+def _submitter_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="print the Kubernetes manifests for a spec")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--image", default=None, help="overrides cluster.image")
+    p.add_argument("--run-id", default=None, help="default: <name>-<random suffix>")
+    p.set_defaults(handler=_render)
+
+    p = sub.add_parser("submit", help="create the run on the cluster and watch it")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--image", default=None, help="overrides cluster.image")
+    p.add_argument("--namespace", default=None, help="overrides cluster.namespace")
+    p.add_argument("--context", default=None, help="kubeconfig context")
+    p.add_argument("--run-id", default=None, help="default: <name>-<random suffix>")
+    p.add_argument("--no-wait", action="store_true", help="create and detach at once")
+    p.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
+                   help="stream the chief's logs while watching (default: on)")
+    p.set_defaults(handler=_submit)
+
+    for name, help_text in (("status", "show a run's state"),
+                            ("cancel", "delete a run's Job, Service and ConfigMap")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_id", metavar="RUN")
+        _cluster_flags(p)
+        p.set_defaults(handler=_run_command)
+
+    p = sub.add_parser("logs", help="print a worker's logs")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--worker", type=int, default=0, help="worker index (default: 0, the chief)")
+    _cluster_flags(p)
+    p.set_defaults(handler=_run_command)
+
+    p = sub.add_parser("list", help="list trainjob runs in the namespace")
+    _cluster_flags(p)
+    p.set_defaults(handler=_run_command)
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", "-n", default=None,
+                   help="default: the kubeconfig context's namespace, else 'default'")
+    p.add_argument("--context", default=None, help="kubeconfig context")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from job import spec as spec_module
+    from job.train import run_worker  # imports TensorFlow
+
+    spec = spec_module.load(args.spec)
+    return run_worker(spec, run_id=args.run_id or spec.name, env=os.environ)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from job import data, spec as spec_module
+
+    spec = spec_module.load(args.spec)
+    report = data.scan(spec.data, seed=spec.train.seed)
+    print(report.describe())
+    return report.exit_code(spec.data.on_bad_image)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from job.demo import run_demo  # imports TensorFlow
+
+    return run_demo(out_dir=args.out)
+
+
+def _local(args: argparse.Namespace) -> int:
+    from job import launcher, spec as spec_module
+
+    spec = spec_module.load(args.spec)
+    return launcher.run_local(args.spec, workers=args.workers, max_restarts=args.max_restarts,
+                              run_id=args.run_id or spec.name)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from job import spec as spec_module
+    from job.submit import manifests
+
+    spec = spec_module.load(args.spec)
+    run_id = args.run_id or manifests.new_run_id(spec.name)
+    docs = manifests.render_manifests(spec, run_id=run_id, image=args.image)
+    sys.stdout.write(manifests.to_yaml(docs))
+    return EXIT_OK
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from job import spec as spec_module
+    from job.submit import runs
+
+    spec = spec_module.load(args.spec)
+    return runs.submit(spec, image=args.image, namespace=args.namespace, context=args.context,
+                       run_id=args.run_id, wait=not args.no_wait, follow=args.follow)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from job.submit import runs
+
+    if args.command == "status":
+        return runs.status(args.run_id, namespace=args.namespace, context=args.context)
+    if args.command == "cancel":
+        return runs.cancel(args.run_id, namespace=args.namespace, context=args.context)
+    if args.command == "logs":
+        return runs.logs(args.run_id, namespace=args.namespace, context=args.context,
+                         follow=args.follow, worker=args.worker)
+    return runs.list_runs(namespace=args.namespace, context=args.context)
