@@ -1,0 +1,543 @@
+"""Kubernetes manifests for one run: a spec ConfigMap, a headless Service and an Indexed Job.
+
+Owns: turning a ``Spec`` into plain manifest dicts (``render_manifests``), the pod's view of
+the spec (``pod_spec_dict``: paths rewritten for the volumes), run ids (``new_run_id``) and the
+multi-document YAML text (``to_yaml``). Everything here is pure: same input, same output.
+Never touches: the ``kubernetes`` package, the network, files, TensorFlow. Sending the
+manifests is ``job.submit.kube``'s job.
+
+What the pod sees (the environment contract, read by ``job.cluster.cluster_from_env``):
+
+- the spec at ``/etc/trainjob/spec.yaml`` (from the ConfigMap ``<run id>-spec``);
+- the command ``trainjob train /etc/trainjob/spec.yaml --run-id <run id>``;
+- ``TRAINJOB_WORKERS``, ``TRAINJOB_JOB_NAME``, ``TRAINJOB_SERVICE``, ``TRAINJOB_PORT`` and
+  ``TRAINJOB_RUN_ID``; ``JOB_COMPLETION_INDEX`` is injected by the Job controller itself for
+  Indexed Jobs, so it is deliberately not rendered (a rendered copy would shadow it);
+- worker ``i`` is reachable at ``<run id>-<i>.<run id>:<port>``: an Indexed Job names each
+  pod's hostname ``<job>-<index>`` and the headless Service (the pod's ``subdomain``) gives it
+  a DNS record.
+
+Paths in the pod's spec (``pod_spec_dict``):
+
+- ``output.dir`` becomes ``cluster.models_volume.mount``, unless it already lies under that
+  mount. Without a models volume it becomes ``/models`` on an ``emptyDir``: the run works but
+  the model is deleted with the pod (``render_warnings`` says so).
+- Data paths (``data.train_dir``, ``val_dir``, ``test_dir``) and ``model.weights`` resolve
+  against ``cluster.data_volume.mount`` instead of the spec file's folder. The mount acts as a
+  root: leading ``..`` cannot climb out of it, as ``/..`` is ``/``. So with the spec in
+  ``examples/`` and ``train_dir: ../data/shapes/train``, the pod reads
+  ``/data/data/shapes/train``. A path already under a pod mount is kept as written. Without a
+  data volume every path is kept as is (it must then exist inside the image).
+- ``data.cache_dir`` is kept if it lies under a writable pod mount, else reset to null, which
+  means ``<output.dir>/.cache``: a laptop cache path means nothing inside the pod.
+
+Example:
+    >>> docs = render_manifests(spec, run_id="shapes-x7k2p", image="ghcr.io/me/trainjob:1")
+    >>> [d["kind"] for d in docs]                         # doctest: +SKIP
+    ['ConfigMap', 'Service', 'Job']
+    >>> print(to_yaml(docs))                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from job import __version__
+from job.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_RETRYABLE, SpecError
+from job.spec import Spec
+
+CONTAINER_NAME = "trainjob"
+"""The training container's name; podFailurePolicy exit-code rules refer to it."""
+SPEC_MOUNT_DIR = "/etc/trainjob"
+"""Where the spec ConfigMap is mounted (read-only)."""
+SPEC_FILE_NAME = "spec.yaml"
+"""Key in the ConfigMap and file name in SPEC_MOUNT_DIR."""
+POD_SPEC_PATH = f"{SPEC_MOUNT_DIR}/{SPEC_FILE_NAME}"
+"""The spec path the training command reads inside the pod."""
+EMPTYDIR_MODELS_MOUNT = "/models"
+"""output.dir when cluster.models_volume is null: an emptyDir, deleted with the pod."""
+TMP_MOUNT = "/tmp"
+"""emptyDir for scratch files and HOME: the root filesystem is read-only."""
+SHM_MOUNT = "/dev/shm"
+"""Memory-backed emptyDir: the runtime's default 64 MiB /dev/shm starves decoders and TF."""
+TERMINATION_GRACE_SECONDS = 120
+"""Seconds between SIGTERM and SIGKILL: time for a worker to save a checkpoint and exit 75."""
+PORT_NAME = "collective"
+"""Name of the worker port on the container and the Service (at most 15 characters)."""
+RUN_USER_ID = 1000
+"""uid/gid the pod runs as: the image's non-root user, and the group owning the volumes."""
+
+LABEL_RUN_ID = "trainjob.dev/run-id"
+"""On every object of a run: the submitter finds a run's objects with this label."""
+LABEL_NAME = "trainjob.dev/name"
+"""The spec's name, to list all runs of one spec."""
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+"""Kueue's label naming the LocalQueue that admits the Job."""
+ANNOTATION_SPEC_SHA = "trainjob.dev/spec-sha256"
+"""SHA-256 of the ConfigMap's spec.yaml: tells which spec a Job and its pods ran."""
+
+RUN_SUFFIX_LENGTH = 5
+"""Random characters after the spec name: 27**5 ≈ 14 million ids per name."""
+RUN_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+"""Kubernetes' own generateName alphabet: no vowels, so no accidental words."""
+POD_NAME_RESERVE = len("-1023-") + 5
+"""Characters the Job controller appends to the Job name for a pod name (index up to 1023)."""
+RUN_ID_MAX_LENGTH = 63 - POD_NAME_RESERVE
+"""A run id is a Job name; its pods' names and hostnames must stay 63-character DNS labels."""
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def new_run_id(name: str) -> str:
+    """A fresh run id: ``<name>-<5 random characters>``, a DNS label with room for pod names.
+
+    Raises:
+        SpecError: when ``name`` is not a DNS label short enough to leave that room.
+
+    Example:
+        >>> new_run_id("shapes")                          # doctest: +SKIP
+        'shapes-x7k2p'
+    """
+    suffix = "".join(secrets.choice(RUN_SUFFIX_ALPHABET) for _ in range(RUN_SUFFIX_LENGTH))
+    run_id = f"{name}-{suffix}"
+    if not _DNS_LABEL.match(name) or len(run_id) > RUN_ID_MAX_LENGTH:
+        raise SpecError(
+            f"name={name!r} cannot start a run id: expected a DNS-1123 label of at most "
+            f"{RUN_ID_MAX_LENGTH - RUN_SUFFIX_LENGTH - 1} characters; shorten or fix the "
+            "spec's name.")
+    return run_id
+
+
+def check_run_id(run_id: str) -> None:
+    """Raise SpecError unless ``run_id`` can name the Job, its pods and their hostnames."""
+    if not isinstance(run_id, str) or not _DNS_LABEL.match(run_id) \
+            or len(run_id) > RUN_ID_MAX_LENGTH:
+        raise SpecError(
+            f"--run-id={run_id!r} is invalid: expected a DNS-1123 label (lowercase letters, "
+            f"digits and '-') of at most {RUN_ID_MAX_LENGTH} characters, so pod names fit in "
+            "63; e.g. 'shapes-try2', or leave it out for a generated id.")
+
+
+def render_manifests(spec: Spec, *, run_id: str, image: str | None = None,
+                     namespace: str | None = None) -> list[dict[str, Any]]:
+    """Build the run's ConfigMap, headless Service and Indexed Job as plain dicts.
+
+    Args:
+        spec: the loaded spec; its ``cluster`` section shapes the Job.
+        run_id: names the Job, the Service and the run directory (see ``new_run_id``).
+        image: container image; overrides ``cluster.image``.
+        namespace: overrides ``cluster.namespace``.
+
+    Returns:
+        ``[ConfigMap, Service, Job]``, in the order they must be created.
+
+    Raises:
+        SpecError: no image, or an invalid run id.
+
+    Example:
+        >>> [d["kind"] for d in render_manifests(spec, run_id="shapes-x7k2p",
+        ...                                      image="ghcr.io/me/trainjob:1")]  # doctest: +SKIP
+        ['ConfigMap', 'Service', 'Job']
+    """
+    check_run_id(run_id)
+    image = image or spec.cluster.image
+    if not image:
+        raise SpecError(
+            "cluster.image is not set; pass --image (e.g. --image ghcr.io/you/trainjob:0.1.0) "
+            "or set cluster.image in the spec to the image you built with `make image`.")
+    if spec.cluster.models_volume and spec.cluster.models_volume.read_only:
+        raise SpecError(
+            "cluster.models_volume.read_only=True is invalid: the chief writes the model, "
+            "checkpoints and logs there; set read_only: false (or remove it).")
+    namespace = namespace or spec.cluster.namespace
+    spec_text = pod_spec_yaml(spec, run_id=run_id, image=image, namespace=namespace)
+    spec_sha = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()
+    return [
+        _config_map(spec, run_id=run_id, namespace=namespace, spec_text=spec_text,
+                    spec_sha=spec_sha),
+        _service(spec, run_id=run_id, namespace=namespace),
+        _job(spec, run_id=run_id, namespace=namespace, image=image, spec_sha=spec_sha),
+    ]
+
+
+def render_warnings(spec: Spec) -> list[str]:
+    """Lines worth telling the user before submitting: choices that lose work or data.
+
+    Example:
+        >>> render_warnings(spec_without_volumes)         # doctest: +SKIP
+        ['cluster.models_volume is not set: ...', 'cluster.data_volume is not set: ...']
+    """
+    lines = []
+    if spec.cluster.models_volume is None:
+        lines.append(
+            f"cluster.models_volume is not set: the model is written to an emptyDir at "
+            f"{EMPTYDIR_MODELS_MOUNT} and deleted with the pod; set cluster.models_volume "
+            "to a ReadWriteMany PVC (see k8s/pvc-models.yaml) to keep it.")
+    if spec.cluster.data_volume is None:
+        lines.append(
+            "cluster.data_volume is not set: data paths are used as written and must exist "
+            "inside the image; set cluster.data_volume to the PVC holding the images.")
+    return lines
+
+
+def pod_spec_dict(spec: Spec, *, image: str, namespace: str | None = None) -> dict[str, Any]:
+    """The spec as the pod must see it: ``spec.to_dict()`` with paths rewritten for the volumes.
+
+    The rules are in the module docstring. ``image`` and ``namespace`` record the values the
+    run was rendered with.
+    """
+    cluster = spec.cluster
+    data_mount = cluster.data_volume.mount if cluster.data_volume else None
+    models_mount = cluster.models_volume.mount if cluster.models_volume \
+        else EMPTYDIR_MODELS_MOUNT
+    mounts = [m for m in (data_mount, models_mount) if m]
+    writable = [models_mount]
+    if cluster.data_volume and not cluster.data_volume.read_only:
+        writable.append(data_mount)
+
+    def data_path(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        if data_mount is None or _under_any(path, mounts):
+            return str(path)
+        return str(_rebase(path, base_dir=spec.base_dir, mount=data_mount))
+
+    out = spec.to_dict()
+    out["data"]["train_dir"] = data_path(spec.data.train_dir)
+    out["data"]["val_dir"] = data_path(spec.data.val_dir)
+    out["data"]["test_dir"] = data_path(spec.data.test_dir)
+    cache_dir = spec.data.cache_dir
+    out["data"]["cache_dir"] = str(cache_dir) \
+        if cache_dir is not None and _under_any(cache_dir, writable) else None
+    out["model"]["weights"] = data_path(spec.model.weights)
+    out["output"]["dir"] = str(spec.output.dir) \
+        if _under_any(spec.output.dir, [models_mount]) else models_mount
+    out["cluster"]["image"] = image
+    out["cluster"]["namespace"] = namespace or cluster.namespace
+    return out
+
+
+def pod_spec_yaml(spec: Spec, *, run_id: str, image: str, namespace: str | None = None) -> str:
+    """The text of ``spec.yaml`` in the run's ConfigMap."""
+    body = yaml.safe_dump(pod_spec_dict(spec, image=image, namespace=namespace),
+                          sort_keys=False, default_flow_style=False, width=1000)
+    return (f"# Spec of run {run_id}, rendered by trainjob {__version__} for the pod:\n"
+            "# paths point into the pod's volumes.\n" + body)
+
+
+def to_yaml(docs: list[dict[str, Any]]) -> str:
+    """Multi-document YAML, keys in the order rendered, multi-line strings as ``|`` blocks.
+
+    The output is byte-for-byte stable for the same input (golden files rely on it).
+    """
+    return "".join(
+        "---\n" + yaml.dump(doc, Dumper=_ManifestDumper, sort_keys=False,
+                            default_flow_style=False, width=1000, allow_unicode=True)
+        for doc in docs)
+
+
+def backoff_limit(*, max_restarts: int, workers: int) -> int:
+    """The Job's backoffLimit for ``max_restarts`` group restarts of ``workers`` pods.
+
+    Kubernetes counts failed pods, not group restarts. When one worker is lost, its peers
+    give up after ``train.collective_timeout_seconds`` and exit 75 as well, so one group
+    restart can cost up to ``workers`` failed pods. ``max_restarts * workers`` therefore
+    allows ``max_restarts`` whole-group restarts; failures that hit fewer pods leave more
+    room. 0 keeps its meaning: the first failure fails the Job.
+    """
+    return max_restarts * workers
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """How the Job treats a failed pod, mapping the exit-code contract of ``job.errors``.
+
+    Rules apply in order, first match wins:
+
+    1. ``DisruptionTarget`` (preemption, eviction, node drain): Count. A disruption is the
+       cluster's doing, never the job's, so it must not fail the Job even if the worker died
+       with a permanent-looking code mid-shutdown; but it counts toward backoffLimit, so a
+       cluster that keeps preempting the run cannot restart it forever. (``status: "True"``
+       is spelled out: the strict 1.31 schema requires it.)
+    2. Exit 1 or 2 (run failed, bad input): FailJob at once; a restart would fail the same way.
+    3. Exit 75 (lost peer, or preempted after a checkpoint): Count; the group restarts and
+       resumes from the checkpoint. Listed although Count is the default, so the contract
+       is readable here.
+
+    Any other failure (OOMKilled, a signal) is counted by the default rule.
+    """
+    return {"rules": [
+        {"action": "Count",
+         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob",
+         "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
+                         "values": sorted((EXIT_FAILED, EXIT_BAD_INPUT))}},
+        {"action": "Count",
+         "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
+                         "values": [EXIT_RETRYABLE]}},
+    ]}
+
+
+def labels(spec: Spec, *, run_id: str, component: str) -> dict[str, str]:
+    """The labels on every object of a run (and its pods)."""
+    return {
+        "app.kubernetes.io/name": "trainjob",
+        "app.kubernetes.io/instance": run_id,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "trainjob",
+        "app.kubernetes.io/version": __version__,
+        LABEL_RUN_ID: run_id,
+        LABEL_NAME: spec.name,
+    }
+
+
+def _config_map(spec: Spec, *, run_id: str, namespace: str, spec_text: str,
+                spec_sha: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{run_id}-spec",
+            "namespace": namespace,
+            "labels": labels(spec, run_id=run_id, component="spec"),
+            "annotations": {ANNOTATION_SPEC_SHA: spec_sha},
+        },
+        # A run's spec never changes; immutable ConfigMaps also spare the API server a watch.
+        "immutable": True,
+        "data": {SPEC_FILE_NAME: spec_text},
+    }
+
+
+def _service(spec: Spec, *, run_id: str, namespace: str) -> dict[str, Any]:
+    port = spec.cluster.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": run_id,
+            "namespace": namespace,
+            "labels": labels(spec, run_id=run_id, component="discovery"),
+        },
+        "spec": {
+            # Headless: DNS answers with each pod's own address, <run>-<i>.<run>.
+            "clusterIP": "None",
+            # Workers resolve each other while starting up, before any is Ready.
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_RUN_ID: run_id},
+            "ports": [{"name": PORT_NAME, "port": port, "targetPort": port,
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def _job(spec: Spec, *, run_id: str, namespace: str, image: str,
+         spec_sha: str) -> dict[str, Any]:
+    cluster = spec.cluster
+    job_labels = labels(spec, run_id=run_id, component="training")
+    if cluster.queue:
+        job_labels[LABEL_QUEUE] = cluster.queue
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": cluster.workers,
+        "parallelism": cluster.workers,
+        "backoffLimit": backoff_limit(max_restarts=cluster.max_restarts,
+                                      workers=cluster.workers),
+        # Never two pods with one index: a replacement waits until the old pod is gone.
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": pod_failure_policy(),
+        # The chief (index 0) saves the model; once it succeeds the run is done.
+        "successPolicy": {"rules": [{"succeededIndexes": "0"}]},
+    }
+    if cluster.queue:
+        # Kueue's documented pattern: create the Job suspended and let Kueue unsuspend it on
+        # admission. Kueue's webhook would suspend it too, but only if the webhook is up;
+        # this way no pod starts before admission even if it is not.
+        job_spec["suspend"] = True
+    if cluster.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
+    if cluster.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = cluster.ttl_seconds_after_finished
+    job_spec["template"] = {
+        "metadata": {
+            "labels": labels(spec, run_id=run_id, component="worker"),
+            "annotations": {
+                ANNOTATION_SPEC_SHA: spec_sha,
+                # kubectl logs/exec pick this container without -c.
+                "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
+            },
+        },
+        "spec": _pod_spec(spec, run_id=run_id, image=image),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": run_id,
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {ANNOTATION_SPEC_SHA: spec_sha},
+        },
+        "spec": job_spec,
+    }
+
+
+def _pod_spec(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
+    cluster = spec.cluster
+    pod: dict[str, Any] = {
+        # Pod hostname <run>-<i> + this subdomain = the DNS name peers dial.
+        "subdomain": run_id,
+        # Required by podFailurePolicy; restarts are the Job's decision, per pod.
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        # The job never calls the Kubernetes API: no token in the pod.
+        "automountServiceAccountToken": False,
+        # No <SERVICE>_PORT variables from every Service in the namespace.
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_USER_ID,
+            "runAsGroup": RUN_USER_ID,
+            "fsGroup": RUN_USER_ID,
+            # Chown a big data volume once, not at every pod start.
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(spec, run_id=run_id, image=image)],
+        "volumes": _volumes(spec, run_id=run_id),
+    }
+    if cluster.service_account:
+        pod["serviceAccountName"] = cluster.service_account
+    if cluster.node_selector:
+        pod["nodeSelector"] = dict(cluster.node_selector)
+    if cluster.tolerations:
+        pod["tolerations"] = [dict(t) for t in cluster.tolerations]
+    return pod
+
+
+def _container(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
+    cluster = spec.cluster
+    quantities = {"cpu": cluster.cpu, "memory": cluster.memory}
+    limits = dict(quantities)
+    if cluster.gpus_per_worker > 0:
+        # Extended resources take the limit as the request. Quantities are strings: the
+        # API takes either, but the kubernetes client rejects numbers.
+        limits["nvidia.com/gpu"] = str(cluster.gpus_per_worker)
+    return {
+        "name": CONTAINER_NAME,
+        "image": image,
+        # command as well as args, so any image with trainjob installed works, whatever its
+        # ENTRYPOINT.
+        "command": ["trainjob"],
+        "args": ["train", POD_SPEC_PATH, "--run-id", run_id],
+        "env": _env(spec, run_id=run_id),
+        "ports": [{"name": PORT_NAME, "containerPort": cluster.port, "protocol": "TCP"}],
+        # Requests = limits: Guaranteed QoS, so a busy node evicts someone else first.
+        "resources": {"requests": dict(quantities), "limits": limits},
+        "volumeMounts": _volume_mounts(spec),
+        # When the log is gone, the pod status still holds the last lines of a failure.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _env(spec: Spec, *, run_id: str) -> list[dict[str, str]]:
+    values = {
+        "TRAINJOB_WORKERS": str(spec.cluster.workers),
+        "TRAINJOB_JOB_NAME": run_id,
+        "TRAINJOB_SERVICE": run_id,
+        "TRAINJOB_PORT": str(spec.cluster.port),
+        "TRAINJOB_RUN_ID": run_id,
+        # The root filesystem is read-only: every tool's home and cache goes to /tmp.
+        "HOME": TMP_MOUNT,
+        "KERAS_HOME": f"{TMP_MOUNT}/.keras",
+        "MPLCONFIGDIR": f"{TMP_MOUNT}/.matplotlib",
+        # Log lines reach `kubectl logs` (and the submitter) as they are printed.
+        "PYTHONUNBUFFERED": "1",
+        # Hide TensorFlow's C++ INFO chatter; warnings and errors still show.
+        "TF_CPP_MIN_LOG_LEVEL": "1",
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _volume_mounts(spec: Spec) -> list[dict[str, Any]]:
+    cluster = spec.cluster
+    mounts: list[dict[str, Any]] = [
+        {"name": "spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True},
+        {"name": "models", "mountPath": cluster.models_volume.mount
+         if cluster.models_volume else EMPTYDIR_MODELS_MOUNT},
+    ]
+    if cluster.data_volume:
+        mounts.append({"name": "data", "mountPath": cluster.data_volume.mount,
+                       "readOnly": cluster.data_volume.read_only})
+    mounts += [{"name": "tmp", "mountPath": TMP_MOUNT},
+               {"name": "dshm", "mountPath": SHM_MOUNT}]
+    return mounts
+
+
+def _volumes(spec: Spec, *, run_id: str) -> list[dict[str, Any]]:
+    cluster = spec.cluster
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {
+            "name": f"{run_id}-spec",
+            "items": [{"key": SPEC_FILE_NAME, "path": SPEC_FILE_NAME}]}},
+    ]
+    if cluster.models_volume:
+        volumes.append({"name": "models", "persistentVolumeClaim": {
+            "claimName": cluster.models_volume.claim}})
+    else:
+        volumes.append({"name": "models", "emptyDir": {}})
+    if cluster.data_volume:
+        volumes.append({"name": "data", "persistentVolumeClaim": {
+            "claimName": cluster.data_volume.claim,
+            "readOnly": cluster.data_volume.read_only}})
+    volumes += [
+        {"name": "tmp", "emptyDir": {}},
+        # Counts against the container's memory limit, which also bounds its size.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    return volumes
+
+
+def _under_any(path: Path | str, roots: list[str]) -> bool:
+    pure = PurePosixPath(os.path.normpath(str(path)))
+    return any(pure == PurePosixPath(root) or PurePosixPath(root) in pure.parents
+               for root in roots)
+
+
+def _rebase(path: Path, *, base_dir: Path, mount: str) -> PurePosixPath:
+    """``path`` relative to ``base_dir``, re-rooted at ``mount``; '..' stops at the mount."""
+    relative = PurePosixPath(os.path.relpath(path, base_dir))
+    parts = list(relative.parts)
+    while parts and parts[0] == "..":
+        parts.pop(0)
+    return PurePosixPath(mount, *[p for p in parts if p != "."])
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Safe YAML with ``|`` blocks for multi-line strings and no anchors or aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
+
+__all__ = [
+    "backoff_limit", "check_run_id", "labels", "new_run_id", "pod_failure_policy",
+    "pod_spec_dict", "pod_spec_yaml", "render_manifests", "render_warnings", "to_yaml",
+]
