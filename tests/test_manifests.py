@@ -426,7 +426,7 @@ def test_pod_spec_keeps_the_rest_of_the_spec_and_records_the_image(tmp_path):
 
 @pytest.mark.parametrize("cache_dir, expected", [
     (None, None),
-    ("../cache", None),                      # a laptop path: back to <output.dir>/.cache
+    ("../cache", None),                      # a laptop path: back to the default
     ("/models/.cache-big", "/models/.cache-big"),  # already on a writable volume: kept
     ("/tmp/cache", None),                    # per-pod scratch: nothing to share
     ("/data/cache", None),                   # the data volume is read-only

@@ -28,8 +28,9 @@ Paths in the pod's spec (``pod_spec_dict``):
   ``examples/`` and ``train_dir: ../data/shapes/train``, the pod reads
   ``/data/data/shapes/train``. A path already under a pod mount is kept as written. Without a
   data volume every path is kept as is (it must then exist inside the image).
-- ``data.cache_dir`` is kept if it lies under a writable pod mount, else reset to null, which
-  means ``<output.dir>/.cache``: a laptop cache path means nothing inside the pod.
+- ``data.cache_dir`` is kept if it lies under a writable volume (the models volume, or a data
+  volume that is not read-only), else reset to null, the job's default cache location: a
+  laptop cache path means nothing inside the pod.
 
 Example:
     >>> docs = render_manifests(spec, run_id="shapes-x7k2p", image="ghcr.io/me/trainjob:1")
