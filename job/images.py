@@ -162,7 +162,7 @@ def decode(path: str | os.PathLike[str], *, size: tuple[int, int],
 
 
 def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int],
-                color_mode: str, workers: int = 0,
+                color_mode: str, workers: int = 0, out: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode many files, in parallel processes when there are enough of them.
 
@@ -177,11 +177,15 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
         workers: decoder processes; 0 means one per CPU this process may use;
             1 decodes in this process. Fewer than ``IN_PROCESS_BELOW`` paths are
             always decoded in this process.
+        out: where to write, shape (len(paths), height, width, channels), uint8;
+            e.g. ``numpy.lib.format.open_memmap(...)`` to decode straight into an
+            ``.npy`` file instead of memory. None: a new array.
 
     Returns:
         ``(pixels, kept, bad)``: pixels of the decodable files in input order,
-        shape (len(kept), height, width, channels); ``kept``, their indices into
-        ``paths``; ``bad``, ``(path, reason)`` for each unreadable file, in input order.
+        shape (len(kept), height, width, channels), the first rows of ``out``
+        when given; ``kept``, their indices into ``paths``; ``bad``,
+        ``(path, reason)`` for each unreadable file, in input order.
 
     Raises:
         RunFailed: a decoder process died (killed for memory, or crashed).
@@ -198,7 +202,14 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
                          "positive number of processes.")
     channels = 3 if color_mode == "rgb" else 1
     names = [os.fspath(p) for p in paths]
-    pixels = np.empty((len(names), height, width, channels), dtype=np.uint8)
+    shape = (len(names), height, width, channels)
+    if out is None:
+        pixels = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}: expected {shape} "
+                         "and uint8 (one row per path, at the requested size and mode).")
+    else:
+        pixels = out
     workers = workers or available_cpus()
     if workers == 1 or len(names) < IN_PROCESS_BELOW:
         reasons = _decode_into(pixels, names, size=(height, width), color_mode=color_mode)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -497,6 +499,33 @@ def test_decode_many_rows_equal_decode(tmp_path):
     assert kept == [0, 1, 2]
     for row, path in enumerate(paths):
         assert np.array_equal(pixels[row], decode(path, size=(32, 32), color_mode="rgb"))
+
+
+def test_decode_many_writes_straight_into_a_file_backed_array(tmp_path, folder_with_bad_files):
+    paths, bad = folder_with_bad_files
+    out = np.lib.format.open_memmap(tmp_path / "pixels.npy", mode="w+", dtype=np.uint8,
+                                    shape=(len(paths), 5, 6, 3))
+
+    pixels, kept, _ = decode_many(paths, size=(5, 6), color_mode="rgb", workers=1, out=out)
+    out.flush()
+
+    assert np.shares_memory(pixels, out)
+    on_disk = np.load(tmp_path / "pixels.npy", mmap_mode="r")[:len(kept)]
+    assert [tuple(row[0, 0]) for row in on_disk] == [colour_of(i) for i in kept]
+
+
+def test_decode_many_refuses_an_output_array_of_the_wrong_shape(folder_with_bad_files):
+    paths, _ = folder_with_bad_files
+    wrong = np.zeros((len(paths), 5, 6, 1), dtype=np.uint8)
+
+    with pytest.raises(ValueError, match="out has shape"):
+        decode_many(paths, size=(5, 6), color_mode="rgb", out=wrong)
+
+
+def test_importing_images_does_not_import_tensorflow():
+    code = ("import sys, job.images; "
+            "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 # --- listing and CPUs ----------------------------------------------------------------------
