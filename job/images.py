@@ -304,7 +304,7 @@ def _to_color_mode(image: Image.Image, color_mode: str) -> Image.Image:
     target = "RGB" if color_mode == "rgb" else "L"
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        image = Image.fromarray(_to_eight_bit(np.asarray(image), mode=mode), mode="L")
+        image = Image.fromarray(_to_eight_bit(np.asarray(image), mode=mode))  # 2-D uint8: L
     elif mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
             mode in ("P", "L", "RGB") and "transparency" in image.info):
         image = _composite(image.convert("RGBA"))

@@ -211,7 +211,7 @@ def test_sixteen_bit_gradient_is_scaled_not_clipped(tmp_path):
 
 def test_thirty_two_bit_beyond_sixteen_bits_is_scaled_by_its_own_maximum(tmp_path):
     values = np.array([[-5, 0, 35000, 70000]], dtype=np.int32)
-    path = save(tmp_path / "deep.tif", Image.fromarray(values, mode="I"))
+    path = save(tmp_path / "deep.tif", Image.fromarray(values))
 
     pixels = decode(path, size=(1, 4), color_mode="grayscale")
 
