@@ -129,9 +129,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from job import data, spec as spec_module
+    from job import spec as spec_module
 
     spec = spec_module.load(args.spec)
+    from job import data
+
     report = data.scan(spec.data, seed=spec.train.seed)
     print(report.describe())
     return report.exit_code(spec.data.on_bad_image)
@@ -144,7 +146,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from job import launcher, spec as spec_module
+    from job import launcher
+    from job import spec as spec_module
 
     spec = spec_module.load(args.spec)
     return launcher.run_local(args.spec, workers=args.workers, max_restarts=args.max_restarts,

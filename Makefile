@@ -1,0 +1,57 @@
+# trainjob: the front door. `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPEC ?= examples/shapes.yaml
+IMAGE ?= ghcr.io/example/trainjob:0.1.0
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint bench bench-smoke image push render submit clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install trainjob with the pinned versions (constraints.txt)
+
+demo: $(STAMP) ## Generate the sample data and train it locally; prints where model.h5 is
+	$(BIN)/trainjob demo --out $(DEMO_DIR)
+
+test: $(STAMP) ## Set up, then run the whole suite (lint, architecture rules, tests)
+	$(BIN)/ruff check job tests bench
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Ruff and the import-linter architecture contracts
+	$(BIN)/ruff check job tests bench
+	$(BIN)/lint-imports
+
+bench: $(STAMP) ## Run the benchmarks; writes bench/results.json and prints the table
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP) ## The benchmarks in quick mode (numbers mean nothing; proves the code runs)
+	$(BIN)/python -m bench --quick
+
+image: ## Build the container image (IMAGE=...)
+	docker build -t $(IMAGE) .
+
+push: ## Push the container image (IMAGE=...)
+	docker push $(IMAGE)
+
+render: $(STAMP) ## Print the Kubernetes manifests for SPEC (IMAGE= overrides cluster.image)
+	$(BIN)/trainjob render $(SPEC) --image $(IMAGE)
+
+submit: $(STAMP) ## Submit SPEC to the cluster and watch it (IMAGE= overrides cluster.image)
+	$(BIN)/trainjob submit $(SPEC) --image $(IMAGE)
+
+clean: ## Remove the venv, demo outputs and caches
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache bench/results.json

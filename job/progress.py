@@ -1,0 +1,64 @@
+"""What a run prints while it trains: one line per N steps, or a progress bar on a terminal.
+
+Owns: the wording and pacing of progress output on stdout.
+Never touches: training state; it is handed numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+BAR_WIDTH = 24
+"""Characters in the terminal progress bar."""
+REFRESH_SECONDS = 0.2
+"""Minimum seconds between terminal bar redraws, so drawing never slows training."""
+
+
+class Progress:
+    """Reports steps of one epoch; ``line`` prints a plain line in either mode."""
+
+    def __init__(self, *, total_steps: int, steps_per_epoch: int, every: int,
+                 out: TextIO | None = None, enabled: bool = True) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.every = every
+        self.enabled = enabled
+        self._last_draw = 0.0
+        self._bar_open = False
+
+    def step(self, *, step: int, epoch: int, loss: float, accuracy: float,
+             images_per_second: float) -> None:
+        """Report that global ``step`` finished, with running epoch averages."""
+        if not self.enabled:
+            return
+        in_epoch = (step - 1) % self.steps_per_epoch + 1
+        text = (f"epoch {epoch + 1} step {in_epoch}/{self.steps_per_epoch} "
+                f"(global {step}/{self.total_steps}) loss {loss:.4f} accuracy {accuracy:.4f} "
+                f"{images_per_second:.0f} images/s")
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last_draw < REFRESH_SECONDS and in_epoch != self.steps_per_epoch:
+                return
+            self._last_draw = now
+            done = int(BAR_WIDTH * in_epoch / self.steps_per_epoch)
+            bar = "=" * done + "." * (BAR_WIDTH - done)
+            self.out.write(f"\r[{bar}] {text}\x1b[K")
+            self.out.flush()
+            self._bar_open = True
+        elif step % self.every == 0 or in_epoch == self.steps_per_epoch:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def line(self, text: str) -> None:
+        """Print a whole line (ends an open progress bar first)."""
+        if not self.enabled:
+            return
+        if self._bar_open:
+            self.out.write("\n")
+            self._bar_open = False
+        self.out.write(text + "\n")
+        self.out.flush()

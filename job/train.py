@@ -1,0 +1,506 @@
+"""One worker's run: the distributed training loop and the story of a run.
+
+Owns: strategy creation (after TF_CONFIG is set), the custom distributed loop
+(``strategy.run`` inside ``tf.function``, loss scaled by the global batch,
+Keras 3 optimizer, losses and metrics), validation every epoch, checkpoints and
+resume, preemption (SIGTERM) handling, lost-peer handling, and the order of a
+run: data, strategy, model, loop, export.
+Never touches: kubernetes, argument parsing, image decoding (``job.data``), the
+layout of the run directory (``job.run_dir``).
+
+Why a custom loop: ``model.fit`` under MultiWorkerMirroredStrategy with two or
+more workers fails in Keras 3 (keras-team/keras#20585, tensorflow#72388).
+Why the default strategy for one worker: the same ``run``/``reduce``/``scope``
+code path, without MultiWorkerMirroredStrategy's ~2.7x single-worker overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job import cluster as cluster_module
+from job import spec as spec_module
+from job.errors import EXIT_OK, RetryableError, RunFailed, SpecError, TrainjobError
+from job.spec import Spec
+
+CHECKPOINT_NAME = "ckpt"
+
+
+class Preempted(RetryableError):
+    """SIGTERM reached a worker; the group saved a checkpoint and stops to be restarted."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished run reports (the chief also writes it to metrics.json)."""
+
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+def run_worker(spec: Spec, *, run_id: str, env: Mapping[str, str]) -> int:
+    """Entry point of ``trainjob train``: discover the cluster, train, return the exit code.
+
+    In a multi-worker run, a lost peer or a preemption ends this process with
+    the retryable exit code at once (``os._exit``): TensorFlow's collective
+    runtime can otherwise hang at interpreter shutdown after a peer failure.
+    """
+    cluster = cluster_module.cluster_from_env(env)
+    try:
+        train(spec, cluster=cluster, run_id=run_id, env=env)
+        code = EXIT_OK
+    except TrainjobError as error:
+        if not cluster.is_multi_worker:
+            raise
+        print(f"trainjob: error: {error}", file=sys.stderr, flush=True)
+        code = error.exit_code
+    if cluster.is_multi_worker:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def train(spec: Spec, *, cluster, run_id: str, env: Mapping[str, str] | None = None,
+          out=None) -> Result:
+    """Train one worker of ``cluster`` and, on the chief, export the run's outputs.
+
+    The story of a run: guard SIGTERM, list and shard the data, create the
+    strategy, decode this worker's shard, build the model and optimizer under
+    the strategy's scope, restore the last checkpoint, loop over epochs
+    (validating each), then evaluate the test set and export.
+    """
+    env = dict(os.environ if env is None else env)
+    out = out or sys.stdout
+    started = time.time()
+    spec_module.check_worker_count(spec, cluster.num_workers)
+    preemption = _PreemptionFlag.install()
+    try:
+        return _train(spec, cluster=cluster, run_id=run_id, env=env, out=out, started=started,
+                      preemption=preemption)
+    finally:
+        preemption.uninstall()
+
+
+def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
+    from job import data
+    from job.progress import Progress
+    from job.run_dir import RunDir
+
+    log = Progress(total_steps=1, steps_per_epoch=1, every=1, out=out).line
+    splits = data.make_splits(spec.data, seed=spec.train.seed)
+    run = RunDir.open(spec.output.dir, run_id, is_chief=cluster.is_chief, worker=cluster.index,
+                      env=env)
+    tf, keras = _import_tensorflow(cluster, spec)
+    strategy = _make_strategy(tf, cluster, timeout_seconds=spec.train.collective_timeout_seconds)
+    num_replicas = strategy.num_replicas_in_sync
+    local_replicas = max(1, num_replicas // cluster.num_workers)
+    if spec.train.global_batch_size % num_replicas:
+        raise SpecError(f"train.global_batch_size={spec.train.global_batch_size} is not "
+                        f"divisible by the {num_replicas} replicas; use a multiple of "
+                        f"{num_replicas}.")
+    replica_batch = spec.train.global_batch_size // num_replicas
+    worker_tag = f"worker {cluster.index}/{cluster.num_workers}"
+    log(f"{worker_tag}: run {run_id}: {len(splits.train)} train, {len(splits.val)} validation"
+        + (f", {len(splits.test)} test" if splits.test is not None else "")
+        + f" images in {len(splits.class_names)} classes; {num_replicas} replica(s), "
+        f"batch {spec.train.global_batch_size} ({replica_batch} per replica)")
+
+    cache_dir = spec.data.cache_dir or Path(env.get("TMPDIR", "/tmp")) / "trainjob-cache"
+    shards = {name: data.shard(items, index=cluster.index, num_workers=cluster.num_workers)
+              for name, items in (("train", splits.train), ("val", splits.val),
+                                  ("test", splits.test)) if items is not None}
+    decoded = {name: data.decode(items, spec=spec.data, cache_dir=cache_dir,
+                                 workers=spec.data.decode_workers)
+               for name, items in shards.items()}
+    preemption.raise_if_set(before_training=True)
+
+    steps_per_epoch = data.steps_per_epoch(len(splits.train), spec.train.global_batch_size)
+    total_steps = steps_per_epoch * spec.train.epochs
+    height, width = spec.data.image_size
+    channels = 3 if spec.data.color_mode == "rgb" else 1
+
+    from job.model import build_model
+
+    with strategy.scope():
+        model = build_model(input_shape=(height, width, channels),
+                            num_classes=len(splits.class_names), backbone=spec.model.backbone,
+                            weights=spec.model.weights, dropout=spec.model.dropout,
+                            augment=spec.model.augment, seed=spec.train.seed)
+        optimizer = _make_optimizer(keras, spec)
+        optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+
+    start_step = _restore(tf, checkpoint, run.shared_checkpoints, log=log, worker_tag=worker_tag)
+    manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints),
+                                         max_to_keep=spec.output.keep_checkpoints,
+                                         checkpoint_name=CHECKPOINT_NAME)
+
+    train_step = _make_train_step(tf, keras, strategy, model, optimizer, loss_fn,
+                                  global_batch=spec.train.global_batch_size)
+    eval_step = _make_eval_step(tf, keras, strategy, model, loss_fn)
+
+    def eval_iterator(name: str):
+        steps = data.eval_batch_count(len(getattr(splits, name)), num_workers=cluster.num_workers,
+                                      batch_size=replica_batch * local_replicas)
+        dataset = strategy.distribute_datasets_from_function(
+            lambda _: data.eval_batches(decoded[name], batch_size=replica_batch,
+                                        num_batches=steps * local_replicas))
+        return dataset, steps
+
+    val_dataset, val_steps = eval_iterator("val")
+    train_dataset = strategy.distribute_datasets_from_function(
+        lambda _: data.train_batches(decoded["train"], batch_size=replica_batch,
+                                     start_batch=start_step * local_replicas,
+                                     num_batches=(total_steps - start_step) * local_replicas,
+                                     seed=spec.train.seed, worker=cluster.index))
+    train_iterator = iter(train_dataset)
+
+    writer = (tf.summary.create_file_writer(str(run.logs)) if cluster.is_chief
+              else tf.summary.create_noop_writer())
+    progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                        every=spec.train.log_every_steps, out=out, enabled=cluster.is_chief)
+    history = [row for row in run.read_history()
+               if int(row.get("step") or 0) <= start_step] if cluster.is_chief else []
+    step = start_step
+    train_seconds = 0.0
+    images_trained = 0
+    epoch_stats = None
+    try:
+        for epoch in range(start_step // steps_per_epoch, spec.train.epochs):
+            epoch_sums = [0.0, 0.0, 0.0]
+            epoch_started = time.perf_counter()
+            epoch_first_step = step
+            while step < (epoch + 1) * steps_per_epoch:
+                sums = train_step(train_iterator, preemption.tensor(tf)).numpy().tolist()
+                step += 1
+                epoch_sums = [a + b for a, b in zip(epoch_sums, sums[:3])]
+                elapsed = time.perf_counter() - epoch_started
+                rate = (step - epoch_first_step) * spec.train.global_batch_size / max(elapsed,
+                                                                                      1e-9)
+                loss, accuracy = epoch_sums[0] / epoch_sums[2], epoch_sums[1] / epoch_sums[2]
+                progress.step(step=step, epoch=epoch, loss=loss, accuracy=accuracy,
+                              images_per_second=rate)
+                if step % spec.train.log_every_steps == 0:
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("train/loss", loss)
+                        tf.summary.scalar("train/accuracy", accuracy)
+                        tf.summary.scalar("train/images_per_second", rate)
+                if sums[3] > 0:
+                    _save(manager, step, run)
+                    progress.line(f"{worker_tag}: preempted (SIGTERM): checkpoint saved at step "
+                                  f"{step}; exiting to be restarted")
+                    raise Preempted(f"preempted (SIGTERM): checkpoint saved at step {step}; "
+                                    "restart the group to resume")
+                if step % spec.output.checkpoint_every_steps == 0:
+                    _save(manager, step, run)
+            epoch_seconds = time.perf_counter() - epoch_started
+            train_seconds += epoch_seconds
+            images_trained += (step - epoch_first_step) * spec.train.global_batch_size
+            val_loss, val_accuracy = _evaluate(eval_step, val_dataset, val_steps)
+            if step % spec.output.checkpoint_every_steps:
+                _save(manager, step, run)  # Every epoch end is a checkpoint too.
+            epoch_stats = {
+                "epoch": epoch + 1, "step": step,
+                "train_loss": epoch_sums[0] / epoch_sums[2],
+                "train_accuracy": epoch_sums[1] / epoch_sums[2],
+                "val_loss": val_loss, "val_accuracy": val_accuracy,
+                "images_per_second": (step - epoch_first_step) * spec.train.global_batch_size
+                / max(epoch_seconds, 1e-9),
+                "seconds": epoch_seconds,
+            }
+            with writer.as_default(step=step):
+                tf.summary.scalar("val/loss", val_loss)
+                tf.summary.scalar("val/accuracy", val_accuracy)
+            writer.flush()
+            progress.line(f"epoch {epoch + 1}/{spec.train.epochs}: loss "
+                          f"{epoch_stats['train_loss']:.4f} accuracy "
+                          f"{epoch_stats['train_accuracy']:.4f} val_loss {val_loss:.4f} "
+                          f"val_accuracy {val_accuracy:.4f} "
+                          f"({epoch_stats['images_per_second']:.0f} images/s)")
+            if cluster.is_chief:
+                history.append(epoch_stats)
+                run.write_history(history)
+    except tf.errors.OpError as error:
+        if cluster.is_multi_worker and isinstance(error, _peer_errors(tf)):
+            raise RetryableError(f"lost contact with a peer worker at step {step} "
+                                 f"({type(error).__name__}); restart the group to resume from "
+                                 "the last checkpoint") from None
+        raise
+
+    if epoch_stats is None:
+        # Restarted after the last step: nothing to train, but the outputs are re-derived.
+        val_loss, val_accuracy = _evaluate(eval_step, val_dataset, val_steps)
+        epoch_stats = {"train_loss": None, "train_accuracy": None, "val_loss": val_loss,
+                       "val_accuracy": val_accuracy}
+    test_metrics = {}
+    if "test" in decoded:
+        test_dataset, test_steps = eval_iterator("test")
+        test_loss, test_accuracy = _evaluate(eval_step, test_dataset, test_steps)
+        test_metrics = {"test_loss": test_loss, "test_accuracy": test_accuracy}
+        progress.line(f"test: loss {test_loss:.4f} accuracy {test_accuracy:.4f}")
+    bad = _gather_bad_files(tf, strategy, splits, shards, decoded, local_replicas)
+
+    weights_digest = _weights_sha256(model)
+    # Every worker saves (collectives may need all of them); only the chief's is shared.
+    model_path, model_digest = run.save_model(model)
+    run.write_text("weights.sha256", weights_digest + "\n")
+    metrics = {
+        "val_accuracy": epoch_stats["val_accuracy"], "val_loss": epoch_stats["val_loss"],
+        "train_accuracy": epoch_stats["train_accuracy"], "train_loss": epoch_stats["train_loss"],
+        **test_metrics,
+        "epochs": spec.train.epochs, "steps": step, "steps_per_epoch": steps_per_epoch,
+        "resumed_from_step": start_step,
+        "images_per_second": images_trained / train_seconds if train_seconds else None,
+        "workers": cluster.num_workers, "replicas": num_replicas,
+        "global_batch_size": spec.train.global_batch_size,
+        "duration_seconds": time.time() - started,
+        "skipped_images": len(bad), "skipped_files": [{"path": p, "reason": r} for p, r in bad],
+        "classes": list(splits.class_names),
+        "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
+        "python_version": platform.python_version(),
+        "model_sha256": model_digest, "weights_sha256": weights_digest, "run_id": run_id,
+    }
+    if cluster.is_chief:
+        run.write_json("labels.json", list(splits.class_names))
+        run.write_spec(spec.to_dict())
+        run.write_json("metrics.json", metrics)
+        log(f"model: {model_path}")
+        log(f"metrics: {run.root / 'metrics.json'} (val_accuracy "
+            f"{metrics['val_accuracy']:.4f})")
+    else:
+        log(f"{worker_tag}: done at step {step}; weights sha256 {weights_digest[:16]}")
+    run.cleanup()
+    return Result(metrics=metrics, run_dir=run.shared)
+
+
+def _peer_errors(tf):
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError,
+            tf.errors.UnknownError, tf.errors.FailedPreconditionError)
+
+
+def _import_tensorflow(cluster, spec: Spec):
+    """Set TF_CONFIG and quiet logs, then import TensorFlow and Keras (order matters)."""
+    tf_config = cluster_module.tf_config_for(cluster)
+    if tf_config:
+        os.environ["TF_CONFIG"] = tf_config
+    else:
+        os.environ.pop("TF_CONFIG", None)
+    # 3: TensorFlow's C++ start-up chatter (no CUDA driver, CPU features) is noise to users;
+    # real failures still surface as Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+
+    if spec.train.mixed_precision:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(spec.train.seed)
+    return tf, keras
+
+
+def _make_strategy(tf, cluster, *, timeout_seconds: int):
+    if cluster.is_multi_worker:
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=float(timeout_seconds))
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _make_optimizer(keras, spec: Spec):
+    rate = spec.train.learning_rate
+    optimizer = {
+        "adam": lambda: keras.optimizers.Adam(rate),
+        "adamw": lambda: keras.optimizers.AdamW(rate),
+        "sgd": lambda: keras.optimizers.SGD(rate, momentum=0.9),
+        "rmsprop": lambda: keras.optimizers.RMSprop(rate),
+    }[spec.train.optimizer]()
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _make_train_step(tf, keras, strategy, model, optimizer, loss_fn, *, global_batch: int):
+    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(images, labels, preempted):
+        with tf.GradientTape() as tape:
+            probabilities = model(tf.cast(images, "float32"), training=True)
+            per_example = loss_fn(labels, probabilities)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss) if scales_loss else loss
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        correct = keras.metrics.sparse_categorical_accuracy(labels, probabilities)
+        return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(correct),
+                         tf.cast(tf.size(labels), "float32"), preempted])
+
+    @tf.function
+    def train_step(iterator, preempted):
+        images, labels = next(iterator)
+        sums = strategy.run(replica_step, args=(images, labels, preempted))
+        # One small all-reduce carries the step's statistics and every worker's SIGTERM flag.
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    return train_step
+
+
+def _make_eval_step(tf, keras, strategy, model, loss_fn):
+    def replica_step(images, labels, weights):
+        probabilities = model(tf.cast(images, "float32"), training=False)
+        per_example = loss_fn(labels, probabilities)
+        correct = keras.metrics.sparse_categorical_accuracy(labels, probabilities)
+        return tf.stack([tf.reduce_sum(per_example * weights),
+                         tf.reduce_sum(tf.cast(correct, "float32") * weights),
+                         tf.reduce_sum(weights)])
+
+    @tf.function
+    def eval_step(iterator):
+        images, labels, weights = next(iterator)
+        sums = strategy.run(replica_step, args=(images, labels, weights))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    return eval_step
+
+
+def _evaluate(eval_step, dataset, steps: int) -> tuple[float, float]:
+    iterator = iter(dataset)
+    totals = [0.0, 0.0, 0.0]
+    for _ in range(steps):
+        totals = [a + b for a, b in zip(totals, eval_step(iterator).numpy().tolist())]
+    count = max(totals[2], 1.0)
+    return totals[0] / count, totals[1] / count
+
+
+def _restore(tf, checkpoint, directory: Path, *, log, worker_tag: str) -> int:
+    """Restore the chief's latest checkpoint, if any; return the step it was taken at."""
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        return 0
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise RunFailed(f"{latest}: checkpoint does not match this spec's model ("
+                        f"{str(error).splitlines()[0][:160]}); use a new --run-id, or delete "
+                        "the run's checkpoints/ to start over") from None
+    step = int(checkpoint.optimizer.iterations.numpy())
+    log(f"{worker_tag}: resumed from checkpoint {Path(latest).name} at step {step}")
+    return step
+
+
+def _save(manager, step: int, run) -> None:
+    manager.save(checkpoint_number=step)
+
+
+def _gather_bad_files(tf, strategy, splits, shards, decoded, local_replicas):
+    """Every worker's unreadable files, gathered so the chief's metadata lists them all.
+
+    Each worker marks its bad files in a mask over the global file list (the same
+    on every worker), and one all-reduce sums the masks.
+    """
+    import numpy as np
+
+    lists = [(name, getattr(splits, name)) for name in ("train", "val", "test")
+             if getattr(splits, name) is not None]
+    offsets, total = {}, 0
+    for name, items in lists:
+        offsets[name] = total
+        total += len(items)
+    index_of = {}
+    for name, items in lists:
+        for i, path in enumerate(items.paths):
+            index_of.setdefault(path, offsets[name] + i)
+    mask = np.zeros((max(total, 1),), dtype=np.float32)
+    reasons = {}
+    for name in shards:
+        for path, reason in decoded[name].bad:
+            mask[index_of[path]] = 1.0
+            reasons[path] = reason
+    share = tf.constant(mask / local_replicas)
+
+    def contribute():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, share)
+
+    summed = strategy.experimental_local_results(strategy.run(tf.function(contribute)))[0]
+    summed = np.asarray(summed)
+    paths = [p for _, items in lists for p in items.paths]
+    return [(paths[i], reasons.get(paths[i], "unreadable (reported by another worker)"))
+            for i in np.flatnonzero(summed > 0.5)]
+
+
+def _weights_sha256(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(weight.path.encode())
+        digest.update(json.dumps(list(weight.shape)).encode())
+        digest.update(bytes(memoryview(_to_numpy(weight)).cast("B")))
+    return digest.hexdigest()
+
+
+def _to_numpy(weight):
+    import numpy as np
+
+    return np.ascontiguousarray(np.asarray(weight.numpy()))
+
+
+class _PreemptionFlag:
+    """SIGTERM sets a flag that the next training step shares with every worker.
+
+    The flag rides in each step's all-reduce, so all workers see it at the same
+    step, save the same checkpoint and exit with the retryable code: the
+    PreemptionCheckpointHandler protocol, without its private-dir writes on
+    shared storage. A second SIGTERM exits at once.
+    """
+
+    def __init__(self) -> None:
+        self.set = False
+        self.previous = None
+
+    @classmethod
+    def install(cls) -> _PreemptionFlag:
+        flag = cls()
+        try:
+            flag.previous = signal.signal(signal.SIGTERM, flag._handle)
+        except ValueError:
+            flag.previous = None  # Not the main thread (tests): no handler, no flag.
+        return flag
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:
+            os._exit(RetryableError.exit_code)
+        self.set = True
+        print("trainjob: SIGTERM received: saving a checkpoint after this step",
+              file=sys.stderr, flush=True)
+
+    def tensor(self, tf):
+        return tf.constant(1.0 if self.set else 0.0)
+
+    def raise_if_set(self, *, before_training: bool) -> None:
+        if self.set:
+            raise Preempted("preempted (SIGTERM) before training started; nothing to save; "
+                            "restart to run")
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

@@ -1,0 +1,51 @@
+"""Shared fixtures: the sample dataset (drawn once per session) and spec writing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Quiet TensorFlow's C++ logs in every test process and its children.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """A small copy of the bundled sample data: 4 classes x 60 train + 10 test images, 32 px."""
+    from job import sample_data
+
+    root = tmp_path_factory.mktemp("shapes")
+    return sample_data.generate(root / "data", images_per_class=60, test_per_class=10,
+                                image_size=32)
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    """Write ``spec`` as YAML into ``folder``/spec.yaml and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def tiny_spec(data_root: Path, out_dir: Path, **overrides) -> dict:
+    """A spec that trains in seconds on ``shapes_data``; sections in ``overrides`` are merged."""
+    spec = {
+        "name": "tiny",
+        "data": {"train_dir": str(data_root / "train"), "test_dir": str(data_root / "test"),
+                 "image_size": [32, 32], "val_split": 0.25, "decode_workers": 1},
+        "model": {"augment": {"flip": "none"}},
+        "train": {"epochs": 2, "global_batch_size": 16, "learning_rate": 0.003,
+                  "log_every_steps": 5},
+        "output": {"dir": str(out_dir), "checkpoint_every_steps": 4},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            spec[section] = {**spec.get(section, {}), **values}
+        else:
+            spec[section] = values
+    return spec
