@@ -1,0 +1,440 @@
+"""``trainjob local``: N worker processes on this machine, with the cluster's restart rules.
+
+Owns: the worker environment and command line (pure ``worker_env`` and
+``worker_command``), free ports, starting the workers in their own process groups,
+prefixing their log lines, and the group-restart loop with the same exit-code rules
+as the cluster:
+
+* every worker exits 0 -> 0;
+* a worker exits 1 or 2 (permanent) -> stop the others, return that code;
+* a worker exits 75, or is killed by a signal -> stop the others and start the
+  whole group again with fresh ports and the same run id, up to ``max_restarts``
+  times; then return 75;
+* a worker exits 130 (interrupted) -> stop the others, return 130;
+* any other exit code is an unexplained failure -> stop the others, return 1;
+* Ctrl-C -> stop every worker, return 130; SIGTERM (as from a batch scheduler's
+  preemption) -> stop every worker, return 75.
+
+"Stop" means SIGTERM to each worker (as Kubernetes does, so it can checkpoint),
+then SIGKILL to its whole process group after ``grace_seconds``. Peers of a dead
+worker are stopped at once rather than left to hit their collective timeout.
+
+Never touches: TensorFlow, the spec's contents, the run directory.
+
+Example:
+    >>> run_local("examples/shapes.yaml", workers=2, max_restarts=1,
+    ...           run_id="shapes-local")   # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TextIO
+
+from job.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    PERMANENT_EXIT_CODES,
+    RETRYABLE_EXIT_CODES,
+    EnvironmentConfigError,
+    RunFailed,
+)
+
+LOCALHOST = "127.0.0.1"
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+"""Thread-pool sizes each worker gets, so N workers share the cores instead of N-fold
+oversubscribing them; a value the user already set is kept."""
+SIGNAL_EXIT_CODES = range(128 + 1, 128 + 65)
+"""128+n: how a shell or container runtime reports a child killed by signal n (1..64)."""
+PREFIX = "trainjob local: "
+READER_JOIN_SECONDS = 5.0
+"""Seconds to wait for a worker's output after its process group is killed: a process
+that left the group may hold the pipe open, and the launcher must not hang on it."""
+
+
+# --- build (pure) ------------------------------------------------------------------------
+
+
+def worker_command(spec_path: str | Path, *, run_id: str, python: str) -> list[str]:
+    """The command line of one worker: ``python -m job train SPEC --run-id RUN``.
+
+    Example:
+        >>> worker_command("shapes.yaml", run_id="r1", python="python3")
+        ['python3', '-m', 'job', 'train', 'shapes.yaml', '--run-id', 'r1']
+    """
+    return [python, "-m", "job", "train", str(spec_path), "--run-id", run_id]
+
+
+def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
+               ports: Sequence[int], run_id: str, cores: int | None = None) -> dict[str, str]:
+    """The environment the cluster would give worker ``index`` of ``num_workers``.
+
+    Args:
+        base_env: the launcher's environment; copied, never changed. Its TF_CONFIG is
+            dropped, because TF_CONFIG would win over the variables set here.
+        index: this worker's JOB_COMPLETION_INDEX.
+        num_workers: the number of workers; equals ``len(ports)``.
+        ports: one free localhost port per worker, in index order.
+        run_id: the run directory name every worker shares.
+        cores: CPU cores to share out; None: the cores this process may use.
+
+    Example:
+        >>> env = worker_env({}, index=1, num_workers=2, ports=[4001, 4002], run_id="r1",
+        ...                  cores=4)
+        >>> env["TRAINJOB_WORKER_HOSTS"], env["OMP_NUM_THREADS"]
+        ('127.0.0.1:4001,127.0.0.1:4002', '2')
+    """
+    if len(ports) != num_workers or not 0 <= index < num_workers:
+        raise ValueError(f"worker_env: index={index} and {len(ports)} ports do not fit "
+                         f"num_workers={num_workers}.")
+    env = {key: value for key, value in base_env.items() if key != "TF_CONFIG"}
+    threads = str(max(1, (cores or available_cores()) // num_workers))
+    for name in THREAD_VARIABLES:
+        env.setdefault(name, threads)
+    # N processes on one GPU would each reserve all of its memory at start-up.
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    env.update({
+        "JOB_COMPLETION_INDEX": str(index),
+        "TRAINJOB_WORKERS": str(num_workers),
+        "TRAINJOB_WORKER_HOSTS": ",".join(f"{LOCALHOST}:{port}" for port in ports),
+        "TRAINJOB_RUN_ID": run_id,
+        # Lines reach the prefixer as they are printed, not when a buffer fills.
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def classify(returncode: int) -> str:
+    """``ok``, ``permanent``, ``interrupted``, ``retryable`` or ``unexplained``.
+
+    A negative code (killed by a signal) or 128+n (a shell reporting signal n) is
+    retryable: the process was killed from outside, as by the OOM killer or a drain.
+    130 is the contract's "interrupted by the user", honoured rather than retried.
+
+    Example:
+        >>> [classify(code) for code in (0, 2, 130, 75, -9, 137, 3)]
+        ['ok', 'permanent', 'interrupted', 'retryable', 'retryable', 'retryable', 'unexplained']
+    """
+    if returncode == EXIT_OK:
+        return "ok"
+    if returncode in PERMANENT_EXIT_CODES:
+        return "permanent"
+    if returncode == EXIT_INTERRUPTED:
+        return "interrupted"
+    if returncode in RETRYABLE_EXIT_CODES or returncode < 0 or returncode in SIGNAL_EXIT_CODES:
+        return "retryable"
+    return "unexplained"
+
+
+def describe_exit(returncode: int) -> str:
+    """``exited with 75`` or ``was killed by SIGKILL``, for the launcher's lines."""
+    if returncode < 0:
+        return f"was killed by {_signal_name(-returncode)}"
+    if returncode in SIGNAL_EXIT_CODES:
+        return f"exited with {returncode} ({_signal_name(returncode - 128)})"
+    return f"exited with {returncode}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# --- I/O ---------------------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free on 127.0.0.1 a moment ago.
+
+    All sockets stay bound until every port is chosen, so the ports are distinct.
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((LOCALHOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id: str,
+              out: TextIO | None = None, python: str = sys.executable,
+              extra_env: Mapping[str, str] | None = None, grace_seconds: float = 15.0,
+              command: Sequence[str] | None = None) -> int:
+    """Run ``workers`` worker processes here until the run ends; return its exit code.
+
+    Args:
+        spec_path: the spec every worker trains.
+        workers: how many worker processes, 1 or more.
+        max_restarts: group restarts allowed after retryable failures.
+        run_id: the run directory name; kept across restarts so the run resumes.
+        out: where prefixed worker lines and the launcher's own lines go; None: stdout.
+        python: the interpreter that runs ``python -m job train``.
+        extra_env: variables added to this process's environment for every worker.
+        grace_seconds: how long a worker has after SIGTERM before SIGKILL.
+        command: replaces the worker command line (for tests and custom entry points).
+
+    Returns:
+        0, 1, 2, 75 or 130 as described in the module docstring.
+
+    Raises:
+        EnvironmentConfigError: ``workers`` < 1 or ``max_restarts`` < 0.
+        RunFailed: a worker could not be started at all.
+    """
+    if workers < 1:
+        raise EnvironmentConfigError(f"--workers={workers} is not valid; expected 1 or more.")
+    if max_restarts < 0:
+        raise EnvironmentConfigError(f"--max-restarts={max_restarts} is not valid; expected "
+                                     "0 or more.")
+    printer = _Printer(out if out is not None else sys.stdout)
+    argv = list(command) if command is not None else worker_command(spec_path, run_id=run_id,
+                                                                     python=python)
+    base_env = {**os.environ, **(extra_env or {})}
+    attempts = max_restarts + 1
+    try:
+        with _sigterm_raises():
+            for attempt in range(1, attempts + 1):
+                ports = free_ports(workers)
+                envs = [worker_env(base_env, index=i, num_workers=workers, ports=ports,
+                                   run_id=run_id) for i in range(workers)]
+                printer.line(f"{PREFIX}starting {workers} worker(s) for run {run_id} "
+                             f"(attempt {attempt} of {attempts})")
+                failure = _run_group(argv, envs, printer=printer, grace_seconds=grace_seconds)
+                code = _outcome(failure, printer=printer, attempt=attempt, attempts=attempts)
+                if code is not None:
+                    return code
+    except KeyboardInterrupt:
+        printer.line(f"{PREFIX}interrupted; all workers stopped")
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        printer.line(f"{PREFIX}terminated; all workers stopped (retryable: the same run id "
+                     "resumes from its last checkpoint)")
+        return EXIT_RETRYABLE
+    raise AssertionError("unreachable: the last attempt always returns")
+
+
+@dataclass(frozen=True)
+class _Exit:
+    index: int
+    returncode: int
+
+
+def _outcome(failure: _Exit | None, *, printer: _Printer, attempt: int,
+             attempts: int) -> int | None:
+    """The launcher's exit code for one attempt's result, or None to restart the group."""
+    if failure is None:
+        printer.line(f"{PREFIX}all workers finished")
+        return EXIT_OK
+    what = f"worker {failure.index} {describe_exit(failure.returncode)}"
+    kind = classify(failure.returncode)
+    if kind == "permanent":
+        printer.line(f"{PREFIX}{what} (permanent); stopped the group")
+        return failure.returncode
+    if kind == "interrupted":
+        printer.line(f"{PREFIX}{what} (interrupted); stopped the group")
+        return EXIT_INTERRUPTED
+    if kind == "unexplained":
+        printer.line(f"{PREFIX}{what} (not a trainjob exit code, treated as a permanent "
+                     "failure); stopped the group")
+        return EXIT_FAILED
+    if attempt < attempts:
+        printer.line(f"{PREFIX}{what} (retryable); restarting the group "
+                     f"(attempt {attempt + 1} of {attempts})")
+        return None
+    printer.line(f"{PREFIX}{what} (retryable); no restarts left after {attempts} attempt(s), "
+                 "raise --max-restarts to keep going")
+    return EXIT_RETRYABLE
+
+
+def _run_group(argv: Sequence[str], envs: Sequence[Mapping[str, str]], *, printer: _Printer,
+               grace_seconds: float) -> _Exit | None:
+    """Start one worker per env, wait for the first failure (None: all exited 0), stop all."""
+    group = _Group(printer)
+    try:
+        group.start(argv, envs)
+        return group.wait_for_failure()
+    except (KeyboardInterrupt, _Terminated):
+        printer.line(f"{PREFIX}stopping all workers")
+        raise
+    finally:
+        group.stop(grace_seconds=grace_seconds)
+
+
+class _Group:
+    """The worker processes of one attempt, their output readers and exit watchers."""
+
+    def __init__(self, printer: _Printer) -> None:
+        self.printer = printer
+        self.processes: list[subprocess.Popen] = []
+        self.readers: list[threading.Thread] = []
+        self.returncodes: dict[int, int] = {}
+        # Filled by one watcher thread per worker, so the main thread can block on
+        # "any worker exited" (interruptibly) instead of polling.
+        self.exits: queue.Queue[_Exit] = queue.Queue()
+
+    def start(self, argv: Sequence[str], envs: Sequence[Mapping[str, str]]) -> None:
+        for index, env in enumerate(envs):
+            process = None
+            try:
+                # A session of its own: terminal Ctrl-C reaches only the launcher, which
+                # stops the workers once, and killpg reaches the worker's children too.
+                process = subprocess.Popen(
+                    list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as error:
+                raise RunFailed(f"could not start worker {index} with {list(argv)!r}: {error}; "
+                                "check the interpreter path and the command.") from None
+            finally:
+                # Recorded even if Ctrl-C lands right after the start, so stop() reaches it.
+                if process is not None:
+                    self.processes.append(process)
+            self._thread(_pump, process.stdout, f"[worker {index}] ", self.printer,
+                         keep=self.readers)
+            self._thread(self._watch, index, process)
+
+    def _thread(self, target, *args, keep: list[threading.Thread] | None = None) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        if keep is not None:
+            keep.append(thread)
+
+    def _watch(self, index: int, process: subprocess.Popen) -> None:
+        self.exits.put(_Exit(index, process.wait()))
+
+    def running(self) -> list[int]:
+        """Workers whose exit has not been recorded yet."""
+        return [i for i in range(len(self.processes)) if i not in self.returncodes]
+
+    def _collect(self, *, deadline: float | None) -> None:
+        """Record exits until every worker has exited or ``deadline`` (monotonic) passes."""
+        while self.running():
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                event = self.exits.get(timeout=timeout)
+            except queue.Empty:
+                return
+            self.returncodes[event.index] = event.returncode
+
+    def wait_for_failure(self) -> _Exit | None:
+        """Block until a worker fails (returned) or every worker has exited 0 (None)."""
+        while self.running():
+            batch = [self.exits.get()]
+            while True:  # Exits that arrive together: a permanent one explains the rest.
+                try:
+                    batch.append(self.exits.get_nowait())
+                except queue.Empty:
+                    break
+            for event in batch:
+                self.returncodes[event.index] = event.returncode
+            failures = [e for e in batch if classify(e.returncode) != "ok"]
+            if failures:
+                return min(failures, key=lambda e: classify(e.returncode) == "retryable")
+        return None
+
+    def stop(self, *, grace_seconds: float) -> None:
+        """SIGTERM the running workers, SIGKILL every group after the grace, reap, drain."""
+        deferred: BaseException | None = None
+        running = self.running()
+        if running:
+            for index in running:
+                _send(self.processes[index].send_signal, signal.SIGTERM)
+            try:
+                self._collect(deadline=time.monotonic() + grace_seconds)
+                for index in self.running():
+                    if self.processes[index].poll() is None:
+                        self.printer.line(f"{PREFIX}worker {index} did not stop within "
+                                          f"{grace_seconds:g}s of SIGTERM; killing it")
+            except (KeyboardInterrupt, _Terminated) as interrupt:
+                deferred = interrupt  # Asked again: skip the rest of the grace period.
+        # Every group, finished workers' too: a worker's own children must not outlive it.
+        for process in self.processes:
+            _send(lambda sig, pid=process.pid: os.killpg(pid, sig), signal.SIGKILL)
+        for index in self.running():
+            # wait() itself, not the exit queue: an interrupt during start() or inside
+            # queue.get() can leave a worker without its exit event.
+            while index not in self.returncodes:
+                try:
+                    self.returncodes[index] = self.processes[index].wait()
+                except (KeyboardInterrupt, _Terminated) as interrupt:
+                    deferred = interrupt
+        for reader in self.readers:
+            reader.join(timeout=READER_JOIN_SECONDS)
+        if deferred is not None:
+            raise deferred
+
+
+def _send(send, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # Already gone.
+        send(sig)
+
+
+def _pump(pipe: IO[bytes], prefix: str, printer: _Printer) -> None:
+    """Copy one worker's output to the printer, a whole line at a time."""
+    with pipe:
+        for raw in iter(pipe.readline, b""):
+            printer.line(prefix + raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+
+class _Printer:
+    """Writes whole lines from many threads without interleaving them."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            try:
+                self.out.write(text + "\n")
+                self.out.flush()
+            except (OSError, ValueError):
+                # A closed or broken stream (e.g. piped into `head`) must not stop the
+                # readers: a worker blocked on a full pipe would hang the run.
+                pass
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the launcher; a BaseException so it unwinds like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into ``_Terminated`` in the main thread while the workers run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Signal handlers can only be set from the main thread.
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
