@@ -1,0 +1,386 @@
+"""The Kubernetes API, seen from the submitter: config, create, get, list, watch, logs, delete.
+
+Owns: the only ``import kubernetes`` in the package. Loading the kubeconfig (``KUBECONFIG``,
+``~/.kube/config``, in-cluster service account), bounded timeouts and retries so a dead API
+server never hangs the terminal, and turning every ``ApiException`` or transport error into
+a one-line ``ClusterError`` that says what was refused and how to fix it. Objects go in and
+come out as plain dicts in the API's own JSON shape (camelCase), so nothing above this
+module depends on the client's model classes.
+Never touches: manifest building (``job.submit.manifests``), run logic and terminal output
+(``job.submit.runs``), TensorFlow.
+
+Example:
+    >>> kube = connect(context=None)                       # doctest: +SKIP
+    >>> kube.create("ml", {"kind": "ConfigMap", ...})      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from job.errors import ClusterError
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+"""Seconds to open a TCP connection: an API server that cannot accept within 5 s is down."""
+READ_TIMEOUT_SECONDS = 30.0
+"""Seconds to wait for a non-streaming answer; real API calls answer in well under a second."""
+WATCH_TIMEOUT_SECONDS = 60
+"""Server-side timeoutSeconds of one watch connection; the caller reconnects from the last
+resourceVersion, so a silently dead connection is noticed within a minute."""
+LOG_IDLE_TIMEOUT_SECONDS = 120.0
+"""Seconds a followed log may stay silent before the connection is presumed dead and the
+caller reconnects (a quiet epoch is shorter than this on any sane log_every_steps)."""
+CONNECT_RETRIES = 2
+"""Reconnects per request on connection errors only (never re-sends a request the server may
+have received): rides out a blip, while a dead server fails in about 3 x the connect timeout."""
+RECONNECT_DELAYS_SECONDS = (0.0, 1.0, 2.0, 4.0, 8.0)
+"""Pauses before each consecutive reconnect of a watch or log stream; its length is the number
+of consecutive failures tolerated (about 15 s of outage) before giving up."""
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+RBAC_HINT = "ask your cluster admin to bind the trainjob Role (k8s/rbac.yaml) to you"
+
+# kind -> (API resource name used in RBAC and messages, create/get/delete method suffix)
+_KINDS = {
+    "ConfigMap": ("configmaps", "config_map", "core"),
+    "Service": ("services", "service", "core"),
+    "Job": ("jobs.batch", "job", "batch"),
+    "Pod": ("pods", "pod", "core"),
+    "PersistentVolumeClaim": ("persistentvolumeclaims", "persistent_volume_claim", "core"),
+}
+
+
+class ApiUnreachable(ClusterError):
+    """The API server could not be reached or the connection broke; a retry may succeed."""
+
+
+class NotFound(ClusterError):
+    """The object (or its namespace) does not exist (HTTP 404)."""
+
+
+class Forbidden(ClusterError):
+    """RBAC refused the request (HTTP 403)."""
+
+
+class WatchExpired(ClusterError):
+    """The resourceVersion is too old (HTTP 410 Gone); list again for a fresh one."""
+
+
+class LogNotReady(ClusterError):
+    """The container has not started, so it has no log yet (HTTP 400 from the log endpoint)."""
+
+
+class Kube:
+    """A thin, typed door to one cluster: every method takes and returns plain dicts.
+
+    Args:
+        configuration: a loaded ``kubernetes.client.Configuration``.
+        default_namespace: the kubeconfig context's namespace (else ``default``).
+        context: the kubeconfig context name, for messages.
+        watch_timeout_seconds: server-side timeout of one watch connection.
+        reconnect_delays_seconds: pauses between consecutive stream reconnects.
+    """
+
+    def __init__(self, configuration: client.Configuration, *, default_namespace: str = "default",
+                 context: str | None = None, watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+                 reconnect_delays_seconds: tuple[float, ...] = RECONNECT_DELAYS_SECONDS) -> None:
+        configuration.retries = urllib3.Retry(total=CONNECT_RETRIES, connect=CONNECT_RETRIES,
+                                              read=0, status=0, other=0, redirect=0,
+                                              backoff_factor=0.5)
+        self.host = configuration.host
+        self.context = context
+        self.default_namespace = default_namespace
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.reconnect_delays_seconds = tuple(reconnect_delays_seconds)
+        self._streams: set[Callable[[], None]] = set()
+        self._streams_lock = threading.Lock()
+        self._api_client = client.ApiClient(configuration)
+        self._core = client.CoreV1Api(self._api_client)
+        self._batch = client.BatchV1Api(self._api_client)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._api_client.close()
+
+    def stop_streams(self) -> None:
+        """Break every open watch and log stream, so the threads reading them can end.
+
+        A thread blocked on a socket read at interpreter exit can abort the process.
+        """
+        with self._streams_lock:
+            stoppers = list(self._streams)
+        for stop in stoppers:
+            with contextlib.suppress(Exception):
+                stop()
+
+    @contextlib.contextmanager
+    def _open_stream(self, stop: Callable[[], None]) -> Iterator[None]:
+        with self._streams_lock:
+            self._streams.add(stop)
+        try:
+            yield
+        finally:
+            with self._streams_lock:
+                self._streams.discard(stop)
+
+    # --- existence checks --------------------------------------------------------------
+    def namespace_exists(self, name: str) -> bool | None:
+        """True/False, or None when RBAC does not let a namespaced user read namespaces."""
+        try:
+            self._json("get", "namespaces", None, name,
+                       lambda: self._core.read_namespace(name, **self._raw()))
+        except NotFound:
+            return False
+        except Forbidden:
+            return None
+        return True
+
+    def get(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
+        """Read one ConfigMap, Service, Job, Pod or PersistentVolumeClaim."""
+        resource, suffix, group = _kind(kind)
+        method = getattr(self._api(group), f"read_namespaced_{suffix}")
+        return self._json("get", resource, namespace, name,
+                          lambda: method(name, namespace, **self._raw()))
+
+    # --- create / delete ---------------------------------------------------------------
+    def create(self, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a ConfigMap, Service or Job from its manifest; return the stored object."""
+        resource, suffix, group = _kind(manifest.get("kind", "?"))
+        method = getattr(self._api(group), f"create_namespaced_{suffix}")
+        name = manifest.get("metadata", {}).get("name")
+        return self._json("create", resource, namespace, name,
+                          lambda: method(namespace, dict(manifest), **self._raw()))
+
+    def delete(self, namespace: str, kind: str, name: str, *,
+               propagation: str = "Foreground") -> None:
+        """Delete one object; ``propagation`` Foreground/Background also deletes a Job's pods."""
+        resource, suffix, group = _kind(kind)
+        method = getattr(self._api(group), f"delete_namespaced_{suffix}")
+        self._json("delete", resource, namespace, name,
+                   lambda: method(name, namespace, body={"propagationPolicy": propagation},
+                                  **self._raw()))
+
+    # --- list / watch ------------------------------------------------------------------
+    def list(self, namespace: str, kind: str, *, selector: str) -> tuple[list[dict], str]:
+        """List Pods or Jobs by label selector; return (items, the list's resourceVersion)."""
+        resource, suffix, group = _kind(kind)
+        method = getattr(self._api(group), f"list_namespaced_{suffix}")
+        body = self._json("list", resource, namespace, None,
+                          lambda: method(namespace, label_selector=selector, **self._raw()))
+        return body.get("items") or [], body.get("metadata", {}).get("resourceVersion", "")
+
+    def watch(self, namespace: str, kind: str, *, selector: str,
+              resource_version: str) -> Iterator[tuple[str, dict]]:
+        """Yield (event type, object) from one watch connection, starting after resource_version.
+
+        Ends normally when the server's timeoutSeconds elapse; the caller reconnects from the
+        last object's resourceVersion.
+
+        Raises:
+            WatchExpired: 410 Gone, the resourceVersion was compacted; list again.
+            ApiUnreachable: the connection could not be made or broke mid-stream.
+        """
+        resource, suffix, group = _kind(kind)
+        method = getattr(self._api(group), f"list_namespaced_{suffix}")
+        # return_type=object keeps events as plain dicts. Passing timeoutSeconds also turns
+        # off the client's own silent 410 retry, so expiry reaches the caller, who re-lists.
+        watcher = watch.Watch(return_type=object)
+        stream = watcher.stream(
+            method, namespace, label_selector=selector, resource_version=resource_version,
+            timeout_seconds=self.watch_timeout_seconds,
+            _request_timeout=(CONNECT_TIMEOUT_SECONDS, self.watch_timeout_seconds + 15))
+        with self._open_stream(watcher.stop), self._errors("watch", resource, namespace, None):
+            for event in stream:
+                yield event["type"], event["raw_object"]
+
+    # --- logs --------------------------------------------------------------------------
+    def read_log(self, namespace: str, pod: str, *, tail_lines: int | None = None) -> str:
+        """The pod's log as text; the last ``tail_lines`` lines when given."""
+        extra = {"tail_lines": tail_lines} if tail_lines else {}
+        with self._errors("get", "pods/log", namespace, pod):
+            response = self._core.read_namespaced_pod_log(pod, namespace, **extra, **self._raw())
+            return response.data.decode("utf-8", errors="replace")
+
+    def stream_log(self, namespace: str, pod: str) -> Iterator[str]:
+        """Yield the pod's log lines from the start, following until the container ends.
+
+        Raises:
+            LogNotReady: the container has not started yet.
+            ApiUnreachable: the connection broke or stayed silent too long; reconnect.
+        """
+        with self._errors("get", "pods/log", namespace, pod):
+            response = self._core.read_namespaced_pod_log(
+                pod, namespace, follow=True, _preload_content=False,
+                _request_timeout=(CONNECT_TIMEOUT_SECONDS, LOG_IDLE_TIMEOUT_SECONDS))
+            try:
+                with self._open_stream(response.shutdown):
+                    yield from watch.watch.iter_resp_lines(response)
+            finally:
+                response.release_conn()
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _api(self, group: str) -> Any:
+        return self._batch if group == "batch" else self._core
+
+    @staticmethod
+    def _raw() -> dict[str, Any]:
+        # Raw JSON, not model classes: plain dicts are all the callers need, and this skips
+        # the client's strict deserialisation of fields it may not know yet.
+        return {"_preload_content": False,
+                "_request_timeout": (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)}
+
+    def _json(self, verb: str, resource: str, namespace: str | None, name: str | None,
+              call: Any) -> dict[str, Any]:
+        with self._errors(verb, resource, namespace, name):
+            response = call()
+            return json.loads(response.data or b"{}")
+
+    @contextlib.contextmanager
+    def _errors(self, verb: str, resource: str, namespace: str | None,
+                name: str | None) -> Iterator[None]:
+        try:
+            yield
+        except ApiException as error:
+            raise _from_api_exception(error, verb, resource, namespace, name, self) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise ApiUnreachable(f"cannot reach the Kubernetes API at {self.host}: "
+                                 f"{_transport_reason(error)}; check that the cluster is up "
+                                 f"and that {self.credentials} points at it "
+                                 "(kubectl cluster-info).") from None
+
+    @property
+    def credentials(self) -> str:
+        """Where the credentials came from, for messages."""
+        return f"kubeconfig context {self.context!r}" if self.context else "your kubeconfig"
+
+
+def connect(*, context: str | None = None, **options: Any) -> Kube:
+    """Load credentials from KUBECONFIG, ~/.kube/config or the in-cluster service account.
+
+    Args:
+        context: kubeconfig context name; None: the current context.
+        options: passed to ``Kube`` (timeouts, reconnect delays).
+
+    Raises:
+        ClusterError: no usable configuration, naming the files tried and how to fix it.
+    """
+    configuration = client.Configuration()
+    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+    if existing:
+        try:
+            config.load_kube_config(config_file=paths, context=context, persist_config=False,
+                                    client_configuration=configuration)
+            contexts, current = config.list_kube_config_contexts(config_file=paths)
+        except (ConfigException, OSError, ValueError, KeyError, TypeError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ClusterError(f"kubeconfig {', '.join(existing)}: {reason}; fix the file, "
+                               "or choose another with KUBECONFIG=... or --context.") from None
+        name = context or (current or {}).get("name")
+        chosen = next((c for c in contexts if c.get("name") == name), current) or {}
+        namespace = (chosen.get("context") or {}).get("namespace") or "default"
+        return Kube(configuration, default_namespace=namespace, context=name, **options)
+    if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except ConfigException as error:
+            raise ClusterError(f"in-cluster Kubernetes config: {error}.") from None
+        namespace = (SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+                     if SERVICE_ACCOUNT_NAMESPACE.is_file() else "default")
+        return Kube(configuration, default_namespace=namespace, **options)
+    raise ClusterError(
+        f"no kubeconfig found (looked at KUBECONFIG or ~/.kube/config: {paths}); get one for "
+        "your cluster (e.g. `gcloud container clusters get-credentials`, `aws eks "
+        "update-kubeconfig`, `az aks get-credentials`) or set KUBECONFIG=/path/to/config.")
+
+
+def _kind(kind: str) -> tuple[str, str, str]:
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise ClusterError(f"kind {kind!r} is not handled by the submitter; expected one of "
+                           f"{', '.join(_KINDS)}.") from None
+
+
+def _from_api_exception(error: ApiException, verb: str, resource: str,
+                        namespace: str | None, name: str | None, kube: Kube) -> ClusterError:
+    try:
+        status = json.loads(error.body) if error.body else {}
+    except ValueError:
+        status = {}
+    if not isinstance(status, dict) or status.get("kind") != "Status":
+        status = {"code": error.status, "message": str(error.reason or error.status)}
+    status.setdefault("code", error.status)
+    return _from_status(status, verb, resource, namespace, name, kube)
+
+
+def _from_status(status: Mapping[str, Any], verb: str, resource: str, namespace: str | None,
+                 name: str | None, kube: Kube) -> ClusterError:
+    """One clear line for a Kubernetes Status: what was refused, and how to fix it."""
+    code = status.get("code")
+    message = " ".join(str(status.get("message") or status.get("reason") or "").split())
+    details = status.get("details") or {}
+    where = f" in namespace {namespace!r}" if namespace else ""
+    target = f"{_singular(resource)} {name!r}" if name else resource
+    if code == 401:
+        return ClusterError(f"unauthorized: the Kubernetes API at {kube.host} rejected the "
+                            f"credentials of {kube.credentials}; refresh them (e.g. re-run your "
+                            "cloud's get-credentials command) or check KUBECONFIG.")
+    if code == 403:
+        user = re.search(r'User "([^"]+)"', message)
+        who = f"user {user.group(1)!r}" if user else "you"
+        return Forbidden(f"forbidden: {who} cannot {verb} {resource}{where}; {RBAC_HINT}.")
+    if code == 404:
+        missing_kind, missing = details.get("kind"), details.get("name")
+        if missing_kind in ("namespaces", "namespace") and missing:
+            return NotFound(f"not found: namespace {missing!r} does not exist; create it "
+                            "(kubectl create namespace ...) or pass --namespace.")
+        return NotFound(f"not found: {target}{where}.")
+    if code == 409:
+        return ClusterError(f"already exists: {target}{where}; submit again without --run-id "
+                            "(or with a new one) to get a fresh run id.")
+    if code == 410:
+        return WatchExpired(f"watch of {resource}{where} expired (410 Gone): {message}.")
+    if code == 400 and resource == "pods/log":
+        return LogNotReady(f"no log yet for pod {name!r}{where}: {message}.")
+    if code == 422:
+        return ClusterError(f"invalid {target}{where}: {message}; the cluster may be older than "
+                            "Kubernetes 1.31, which the manifests need.")
+    if code in (500, 502, 503, 504):
+        return ApiUnreachable(f"the Kubernetes API at {kube.host} answered {code} to {verb} "
+                              f"{resource}{where}: {message}.")
+    return ClusterError(f"the Kubernetes API refused to {verb} {target}{where}: HTTP {code} "
+                        f"{message}.")
+
+
+def _singular(resource: str) -> str:
+    base = resource.split(".", 1)[0].split("/", 1)[0]
+    names = {"configmaps": "configmap", "services": "service", "jobs": "job", "pods": "pod",
+             "persistentvolumeclaims": "persistentvolumeclaim", "namespaces": "namespace"}
+    return names.get(base, base)
+
+
+def _transport_reason(error: BaseException) -> str:
+    reason = getattr(error, "reason", None) or error
+    text = " ".join(str(reason).split())
+    if "refused" in text.lower():
+        return "connection refused"
+    if isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)) \
+            or "timed out" in text.lower():
+        return "timed out"
+    if isinstance(error, urllib3.exceptions.ProtocolError):
+        return "the connection broke mid-response"
+    # The pool's repr (with object ids) adds nothing for the user.
+    return re.sub(r"<[^>]*>: ?", "", text)[:200]

@@ -1,0 +1,878 @@
+"""Runs on the cluster: submit and watch, status, logs, cancel and list.
+
+Owns: the submitter's flows and what they print. The story of ``submit``: check the namespace
+and volumes, create the ConfigMap, Service and Job (all or none), then watch pod and Job
+events until the Job ends, printing one status line per change and the chief's log, and
+finally where the model is, or which pod failed and why. The pure part, ``reduce`` and
+``describe``, turns watch events into a ``RunState`` and the state into a line; the threads
+around it only move events and log lines.
+Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door) or
+manifest building (``job.submit.manifests``).
+
+Example:
+    >>> submit(load("examples/shapes.yaml"), image="ghcr.io/me/trainjob:1")  # doctest: +SKIP
+    submitted run shapes-x7k2p to namespace 'default' ...
+    pending: 0/2 running (worker 1: Unschedulable: 0/3 nodes are available: ...)
+    running: 2/2 workers
+    [worker 0] epoch 1/10 ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import yaml
+
+from job.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    ClusterError,
+    JobFailed,
+)
+from job.spec import Spec
+from job.submit import kube as kube_module
+from job.submit import manifests
+from job.submit.kube import ApiUnreachable, Kube, LogNotReady, NotFound, WatchExpired
+
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+"""Set by the Job controller on every pod of an Indexed Job."""
+CHIEF_INDEX = 0
+"""The worker that writes the model and whose log the submitter streams."""
+LOG_TAIL_LINES = 20
+"""Lines of a failed pod's log shown with the failure: enough for a traceback's end."""
+LOG_DRAIN_SECONDS = 30.0
+"""After the Job ends, how long to wait for the chief's last log lines to arrive."""
+THREAD_STOP_SECONDS = 5.0
+"""How long to wait for the watch and log threads to end once their streams are broken."""
+MESSAGE_MAX_CHARS = 240
+"""Longest reason message kept from the API: scheduler messages can list every node."""
+CHIEF = "worker 0"
+
+
+# --- the pure part: events -> state -> lines ------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    """One change seen by a watch, or a whole fresh listing (``type`` SYNC)."""
+
+    kind: str
+    """Pod or Job."""
+    type: str
+    """ADDED, MODIFIED, DELETED, or SYNC (objects is the complete current list)."""
+    objects: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the terminal needs to know about one pod."""
+
+    name: str
+    index: int
+    seq: int
+    """Order in which the submitter first saw the pod: a replacement has a higher seq."""
+    phase: str
+    waiting: str | None = None
+    """Why a pod is not running yet: 'Unschedulable: ...', 'ImagePullBackOff: ...'."""
+    exit_code: int | None = None
+    reason: str | None = None
+    """The container's terminated reason: Error, OOMKilled, Completed."""
+    disrupted: bool = False
+    """DisruptionTarget: preempted, evicted or drained; not the job's fault."""
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class JobView:
+    outcome: str | None = None
+    """succeeded, failed, or None while running."""
+    reason: str = ""
+    message: str = ""
+    suspended: bool = False
+    queue: str | None = None
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class RunState:
+    workers: int
+    pods: tuple[PodView, ...] = ()
+    job: JobView | None = None
+    announced: frozenset[str] = frozenset()
+    """Replacement pods whose restart line was printed: never print it again."""
+
+    @property
+    def finished(self) -> bool:
+        return self.job is not None and (self.job.outcome is not None or self.job.gone)
+
+
+def reduce(state: RunState, event: Event) -> tuple[RunState, list[str]]:
+    """Apply one event; return the new state and any one-off lines (restarts).
+
+    Objects carry their whole state, so applying an event twice, or a listing after a
+    reconnect, changes nothing and prints nothing.
+    """
+    if event.kind == "Job":
+        job = state.job
+        for obj in event.objects:
+            job = dataclasses.replace(job_view(obj), gone=event.type == "DELETED")
+        if event.type == "SYNC" and not event.objects:
+            job = dataclasses.replace(state.job or JobView(), gone=True)
+        return dataclasses.replace(state, job=job), []
+    pods = {p.name: p for p in state.pods}
+    seq = max((p.seq for p in state.pods), default=-1)
+    objects = sorted(event.objects, key=_creation_order) if event.type == "SYNC" \
+        else event.objects
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        known = pods.get(name)
+        if known is None:
+            seq += 1
+        pods[name] = pod_view(obj, seq=known.seq if known else seq,
+                              gone=event.type == "DELETED")
+    if event.type == "SYNC":
+        listed = {obj["metadata"]["name"] for obj in event.objects}
+        pods = {n: p if n in listed else dataclasses.replace(p, gone=True)
+                for n, p in pods.items()}
+    state = dataclasses.replace(state, pods=tuple(sorted(pods.values(), key=lambda p: p.seq)))
+    return _announce_restarts(state)
+
+
+def _announce_restarts(state: RunState) -> tuple[RunState, list[str]]:
+    lines = []
+    announced = set(state.announced)
+    for pod in state.pods:
+        if pod.name in announced or pod.gone:
+            continue
+        earlier = [p for p in state.pods if p.index == pod.index and p.seq < pod.seq
+                   and p.phase == "Failed"]
+        if earlier:
+            lines.append(f"worker {pod.index} restarted ({why_failed(earlier[-1])}): "
+                         f"new pod {pod.name}")
+            announced.add(pod.name)
+    return dataclasses.replace(state, announced=frozenset(announced)), lines
+
+
+def describe(state: RunState) -> str:
+    """The one status line for a state, e.g. 'running: 2/2 workers'."""
+    job, workers = state.job, state.workers
+    if job is not None and job.gone:
+        return "deleted: the run's Job is gone (cancelled, or removed by its TTL)"
+    if job is not None and job.outcome == "succeeded":
+        return "succeeded"
+    if job is not None and job.outcome == "failed":
+        return f"failed: {job.reason}" + (f": {job.message}" if job.message else "")
+    if job is not None and job.suspended:
+        where = f"Kueue queue {job.queue!r}" if job.queue else "its queue"
+        return f"queued: the Job is suspended until {where} admits it"
+    current = current_pods(state)
+    chief = current.get(CHIEF_INDEX)
+    if chief is not None and chief.phase == "Succeeded":
+        return f"finishing: {CHIEF} (chief) succeeded"
+    running = sum(p.phase == "Running" for p in current.values())
+    finished = sum(p.phase == "Succeeded" for p in current.values())
+    if running and running + finished == workers:
+        return f"running: {running}/{workers} workers" + (
+            f", {finished} finished" if finished else "")
+    detail = next((d for d in (_holdup(p) for _, p in sorted(current.items())) if d), None)
+    if not current:
+        detail = "no pods yet"
+    return f"pending: {running}/{workers} running" + (f" ({detail})" if detail else "")
+
+
+def _holdup(pod: PodView) -> str | None:
+    if pod.phase == "Pending" and pod.waiting:
+        return f"worker {pod.index}: {pod.waiting}"
+    if pod.phase == "Failed":
+        return f"worker {pod.index}: {why_failed(pod)}"
+    return None
+
+
+def current_pods(state: RunState) -> dict[int, PodView]:
+    """For each index, the pod that counts now: the newest live one, else the newest failed."""
+    current: dict[int, PodView] = {}
+    for pod in state.pods:  # in seq order, so later pods win
+        if pod.gone:
+            continue
+        held = current.get(pod.index)
+        if held is None or pod.phase != "Failed" or held.phase == "Failed":
+            current[pod.index] = pod
+    return current
+
+
+def failed_pod(state: RunState) -> PodView | None:
+    """The pod to blame for a failed run: a permanent exit code first, else the latest failure."""
+    failed = [p for p in state.pods if p.phase == "Failed"]
+    permanent = [p for p in failed if p.exit_code in (EXIT_FAILED, EXIT_BAD_INPUT)]
+    return (permanent or failed or [None])[-1]
+
+
+def why_failed(pod: PodView) -> str:
+    """'exit 75, retryable', 'exit 2, bad input', 'preempted', 'exit 137, OOMKilled'."""
+    if pod.disrupted:
+        return "preempted or evicted" + (f", exit {pod.exit_code}" if pod.exit_code else "")
+    if pod.exit_code is None:
+        return pod.reason or "failed"
+    meaning = {EXIT_FAILED: "failed, permanent", EXIT_BAD_INPUT: "bad input, permanent",
+               EXIT_RETRYABLE: "retryable", EXIT_INTERRUPTED: "interrupted"}.get(pod.exit_code)
+    if meaning is None or pod.reason not in (None, "Error", "Completed"):
+        meaning = pod.reason or "killed"
+    return f"exit {pod.exit_code}, {meaning}"
+
+
+def pod_view(obj: Mapping[str, Any], *, seq: int, gone: bool = False) -> PodView:
+    """Read the fields the terminal cares about from a raw pod."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    labels = meta.get("labels") or {}
+    index = labels.get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
+    waiting = exit_code = reason = None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            waiting = _reason_text(condition)
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "waiting" in state and (state["waiting"] or {}).get("reason") not in (
+                None, "ContainerCreating", "PodInitializing"):
+            waiting = _reason_text(state["waiting"])
+        if "terminated" in state:
+            exit_code = (state["terminated"] or {}).get("exitCode")
+            reason = (state["terminated"] or {}).get("reason")
+    disrupted = any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+                    for c in status.get("conditions") or [])
+    return PodView(name=meta.get("name", "?"), index=int(index) if index is not None else -1,
+                   seq=seq, phase=status.get("phase") or "Pending", waiting=waiting,
+                   exit_code=exit_code, reason=reason, disrupted=disrupted, gone=gone)
+
+
+def job_view(obj: Mapping[str, Any]) -> JobView:
+    """Read a raw Job: its outcome (from conditions), suspension and queue."""
+    outcome, reason, message = None, "", ""
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        kind = condition.get("type")
+        if kind in ("Complete", "SuccessCriteriaMet") and outcome is None:
+            outcome = "succeeded"
+        elif kind == "Failed":
+            outcome = "failed"
+            reason = condition.get("reason") or ""
+            message = _clip(condition.get("message") or "")
+    spec = obj.get("spec") or {}
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return JobView(outcome=outcome, reason=reason, message=message,
+                   suspended=bool(spec.get("suspend")), queue=labels.get(manifests.LABEL_QUEUE))
+
+
+def job_state(obj: Mapping[str, Any]) -> str:
+    """One word for ``list``: succeeded, failed, deleting, queued, running or pending."""
+    view = job_view(obj)
+    if view.outcome:
+        return view.outcome
+    if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return "deleting"
+    if view.suspended:
+        return "queued"
+    status = obj.get("status") or {}
+    completions = (obj.get("spec") or {}).get("completions") or 1
+    return "running" if (status.get("ready") or 0) >= completions else "pending"
+
+
+def model_location(pod_spec: Mapping[str, Any], *, run_id: str) -> str:
+    """Where the chief writes the model, as '<claim>:<path in the pod>' when on a PVC.
+
+    Example:
+        >>> model_location({"output": {"dir": "/models"}, "cluster": {"models_volume": {
+        ...     "claim": "trainjob-models", "mount": "/models"}}}, run_id="shapes-x7k2p")
+        'trainjob-models:/models/shapes-x7k2p/model.h5'
+    """
+    path = f"{str(pod_spec['output']['dir']).rstrip('/')}/{run_id}/model.h5"
+    volume = (pod_spec.get("cluster") or {}).get("models_volume")
+    if volume:
+        return f"{volume['claim']}:{path}"
+    return (f"{path} in the pod's emptyDir, deleted with the pod (set cluster.models_volume "
+            "to keep models)")
+
+
+def format_age(seconds: float) -> str:
+    """'45s', '5m12s', '3h04m', '2d03h': the two largest units, like kubectl."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                   .rstrip() + "\n" for row in rows)
+
+
+def _reason_text(obj: Mapping[str, Any]) -> str:
+    reason, message = obj.get("reason") or "", _clip(obj.get("message") or "")
+    return f"{reason}: {message}" if reason and message else reason or message
+
+
+def _clip(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MESSAGE_MAX_CHARS else text[:MESSAGE_MAX_CHARS - 3] + "..."
+
+
+def _creation_order(obj: Mapping[str, Any]) -> tuple[str, int]:
+    meta = obj.get("metadata") or {}
+    version = str(meta.get("resourceVersion") or "0")
+    return meta.get("creationTimestamp") or "", int(version) if version.isdigit() else 0
+
+
+def _age(obj: Mapping[str, Any], now: datetime.datetime) -> str:
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return "?"
+    created = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return format_age((now - created).total_seconds())
+
+
+# --- submit: the story of one run ------------------------------------------------------------
+def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None,
+           context: str | None = None, run_id: str | None = None, wait: bool = True,
+           follow: bool = True, out: TextIO | None = None, kube: Kube | None = None,
+           stdin: TextIO | None = None) -> int:
+    """Create a run on the cluster and, unless ``wait`` is False, watch it to the end.
+
+    Args:
+        spec: the loaded spec.
+        image: overrides cluster.image.
+        namespace: overrides cluster.namespace.
+        context: kubeconfig context.
+        run_id: default: ``<name>-<5 random characters>``.
+        wait: watch until the Job ends; False prints the run id and returns at once.
+        follow: stream the chief's log while watching.
+        out, kube, stdin: the terminal (default: sys.stdout and sys.stdin) and the cluster
+            (default: from the kubeconfig); tests pass their own.
+
+    Returns:
+        0 when the run succeeded (or was submitted with ``wait=False``); 130 on Ctrl-C.
+
+    Raises:
+        JobFailed: the Job failed; the failed pod, its exit code and log tail are printed.
+        ClusterError: the cluster refused a request or could not be reached.
+    """
+    namespace = namespace or spec.cluster.namespace
+    run_id = run_id or manifests.new_run_id(spec.name)
+    docs = manifests.render_manifests(spec, run_id=run_id, image=image, namespace=namespace)
+    printer = _Printer(out or sys.stdout)
+    stdin = sys.stdin if stdin is None else stdin
+    for warning in manifests.render_warnings(spec):
+        printer.status(f"warning: {warning}")
+    kube = kube or kube_module.connect(context=context)
+    _check_prerequisites(kube, namespace, spec, printer)
+    _create_all(kube, namespace, docs, run_id=run_id)
+    hint = _Hints(run_id, namespace=namespace, kube=kube, context=context)
+    objects = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in docs)
+    printer.status(f"submitted run {run_id} to namespace {namespace!r} ({objects})")
+    printer.status(f"  status: {hint('status')}\n  logs:   {hint('logs', '-f')}\n"
+                   f"  cancel: {hint('cancel')}")
+    if not wait:
+        return EXIT_OK
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
+    return _watch_run(kube, namespace, run_id, workers=spec.cluster.workers,
+                      model=model_location(pod_spec, run_id=run_id), follow=follow,
+                      printer=printer, stdin=stdin, hint=hint)
+
+
+def _check_prerequisites(kube: Kube, namespace: str, spec: Spec, printer: _Printer) -> None:
+    """Fail before creating anything when the namespace or a volume does not exist."""
+    exists = kube.namespace_exists(namespace)
+    if exists is False:
+        raise ClusterError(f"namespace {namespace!r} does not exist on {kube.host}; create it "
+                           f"(kubectl apply -k k8s/, or kubectl create namespace {namespace}) "
+                           "or choose another with --namespace or cluster.namespace.")
+    if exists is None:
+        printer.status(f"note: cannot check that namespace {namespace!r} exists (no permission "
+                       "to read namespaces); continuing")
+    missing = []
+    for key, volume in (("cluster.models_volume", spec.cluster.models_volume),
+                        ("cluster.data_volume", spec.cluster.data_volume)):
+        if volume is None:
+            continue
+        try:
+            kube.get(namespace, "PersistentVolumeClaim", volume.claim)
+        except NotFound:
+            missing.append(f"{volume.claim!r} ({key}.claim)")
+    if missing:
+        raise ClusterError(f"PersistentVolumeClaim {' and '.join(missing)} not found in "
+                           f"namespace {namespace!r}; create it (see k8s/pvc-models.yaml and "
+                           "k8s/pvc-data.yaml) or change the claim in the spec. Nothing was "
+                           "created.")
+
+
+def _create_all(kube: Kube, namespace: str, docs: Sequence[Mapping[str, Any]], *,
+                run_id: str) -> None:
+    """Create the objects in order; if one fails, delete those already made: all or none."""
+    created: list[Mapping[str, Any]] = []
+    try:
+        for doc in docs:
+            kube.create(namespace, doc)
+            created.append(doc)
+    except (ClusterError, KeyboardInterrupt) as error:
+        left = _delete_objects(kube, namespace, reversed(created), propagation="Background")
+        if left and isinstance(error, ClusterError):
+            raise ClusterError(f"{error} Could not remove the objects already created "
+                               f"({', '.join(left)}); run `trainjob cancel {run_id}`.") from None
+        raise
+
+
+def _delete_objects(kube: Kube, namespace: str, docs: Iterable[Mapping[str, Any]], *,
+                    propagation: str) -> list[str]:
+    """Delete each object, ignoring those already gone; return the ones that resisted."""
+    left = []
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        try:
+            kube.delete(namespace, kind, name, propagation=propagation)
+        except NotFound:
+            pass
+        except ClusterError:
+            left.append(f"{kind} {name}")
+    return left
+
+
+def _run_objects(run_id: str) -> list[dict[str, Any]]:
+    """The names of a run's objects, in deletion order: the Job (and its pods) first."""
+    return [{"kind": "Job", "metadata": {"name": run_id}},
+            {"kind": "Service", "metadata": {"name": run_id}},
+            {"kind": "ConfigMap", "metadata": {"name": f"{run_id}-spec"}}]
+
+
+def _watch_run(kube: Kube, namespace: str, run_id: str, *, workers: int, model: str,
+               follow: bool, printer: _Printer, stdin: TextIO | None, hint: _Hints) -> int:
+    """Print one line per change until the Job ends; the outcome decides the return."""
+    selector = f"{manifests.LABEL_RUN_ID}={run_id}"
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    threads = [threading.Thread(target=_watch_loop, name=f"watch-{kind}", daemon=True,
+                                args=(kube, namespace, kind, selector, events, stop, run_id))
+               for kind in ("Job", "Pod")]
+    for thread in threads:
+        thread.start()
+    logs = _ChiefLog(kube, namespace, printer) if follow else None
+    state = RunState(workers=workers)
+    try:
+        while not state.finished:
+            item = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            state, lines = reduce(state, item)
+            for line in [*lines, describe(state)]:
+                printer.status(line)
+            if logs:
+                logs.update(state)
+        if logs:
+            logs.drain(LOG_DRAIN_SECONDS)
+    except KeyboardInterrupt:
+        _stop_threads(kube, stop, threads, logs)
+        return _interrupted(kube, namespace, run_id, printer=printer, stdin=stdin, hint=hint)
+    finally:
+        _stop_threads(kube, stop, threads, logs)
+    if state.job is not None and state.job.outcome == "succeeded":
+        printer.status(f"model: {model}")
+        return EXIT_OK
+    if state.job is not None and state.job.gone:
+        raise JobFailed(f"run {run_id} was deleted before it finished (trainjob cancel, or "
+                        "kubectl delete).")
+    # The Job's watch can be ahead of the pods' watch: list the pods once more, so the failed
+    # pod's final state is known before it is reported.
+    pods, _ = kube.list(namespace, "Pod", selector=selector)
+    state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
+    _report_failure(kube, namespace, state, printer)
+    culprit = failed_pod(state)
+    blame = f"worker {culprit.index} exited ({why_failed(culprit)})" if culprit \
+        else (state.job.reason if state.job else "unknown reason")
+    raise JobFailed(f"run {run_id} failed: {blame}; the log tail is above, the full log: "
+                    f"{hint('logs', f'--worker {culprit.index}' if culprit else '')}")
+
+
+def _stop_threads(kube: Kube, stop: threading.Event, threads: list[threading.Thread],
+                  logs: _ChiefLog | None) -> None:
+    """End the watch and log threads: set ``stop``, break their streams, wait a little."""
+    stop.set()
+    if logs:
+        logs.close()
+        threads = [*threads, logs.thread]
+    deadline = time.monotonic() + THREAD_STOP_SECONDS
+    for thread in threads:
+        # Breaking the streams again covers a thread that was just reconnecting.
+        while thread.is_alive() and time.monotonic() < deadline:
+            kube.stop_streams()
+            thread.join(0.1)
+
+
+def _report_failure(kube: Kube, namespace: str, state: RunState, printer: _Printer) -> None:
+    culprit = failed_pod(state)
+    if culprit is None:
+        return
+    printer.status(f"worker {culprit.index} (pod {culprit.name}) failed: "
+                   f"{why_failed(culprit)} (container reason: {culprit.reason or 'none'})")
+    try:
+        tail = kube.read_log(namespace, culprit.name, tail_lines=LOG_TAIL_LINES)
+    except ClusterError as error:
+        printer.status(f"its log is not available: {error}")
+        return
+    printer.status(f"last {LOG_TAIL_LINES} lines of {culprit.name}:")
+    for line in tail.splitlines()[-LOG_TAIL_LINES:]:
+        printer.log(f"[worker {culprit.index}] {line}")
+
+
+def _interrupted(kube: Kube, namespace: str, run_id: str, *, printer: _Printer,
+                 stdin: TextIO | None, hint: _Hints) -> int:
+    """Ctrl-C: cancel the run, or (the default, and without a terminal) detach from it."""
+    if _ask(stdin, printer, "cancel the run (c) or detach (d)? [d] ") in ("c", "cancel"):
+        left = _delete_objects(kube, namespace, _run_objects(run_id), propagation="Foreground")
+        if left:
+            raise ClusterError(f"could not delete {', '.join(left)} of run {run_id}; try "
+                               f"{hint('cancel')}.")
+        printer.status(f"cancelled run {run_id}: deleted its Job (and pods), Service and "
+                       "ConfigMap")
+    else:
+        printer.status(f"detached; run {run_id} goes on. Reattach with {hint('status')} or "
+                       f"{hint('logs', '-f')}; stop it with {hint('cancel')}")
+    return EXIT_INTERRUPTED
+
+
+def _ask(stdin: TextIO | None, printer: _Printer, question: str) -> str:
+    """Read one answer from a terminal; no terminal, a closed one or a 2nd Ctrl-C: ''."""
+    try:
+        if stdin is None or stdin.closed or not stdin.isatty():
+            return ""
+        printer.prompt(question)
+        return stdin.readline().strip().lower()
+    except (KeyboardInterrupt, EOFError, OSError, ValueError):
+        return ""
+
+
+def _watch_loop(kube: Kube, namespace: str, kind: str, selector: str, events: queue.Queue,
+                stop: threading.Event, run_id: str) -> None:
+    """List, then watch from the list's resourceVersion; reconnect and re-list as needed.
+
+    Runs in a thread; everything it learns (events, or the error that ends it) goes on
+    ``events``. A timeout or a dropped connection resumes from the last resourceVersion;
+    410 Gone re-lists. Only ``len(kube.reconnect_delays_seconds)`` consecutive failures
+    in a row end it.
+    """
+    version: str | None = None
+    failures = 0
+    try:
+        while not stop.is_set():
+            try:
+                if version is None:
+                    items, version = kube.list(namespace, kind, selector=selector)
+                    events.put(Event(kind, "SYNC", tuple(items)))
+                for kind_of_change, obj in kube.watch(namespace, kind, selector=selector,
+                                                      resource_version=version):
+                    version = obj["metadata"]["resourceVersion"]
+                    events.put(Event(kind, kind_of_change, (obj,)))
+                    failures = 0
+                    if stop.is_set():
+                        return
+                failures = 0
+            except WatchExpired:
+                version = None
+            except ApiUnreachable as error:
+                failures += 1
+                if failures > len(kube.reconnect_delays_seconds):
+                    events.put(ClusterError(
+                        f"lost the watch on run {run_id} after {failures - 1} reconnects: "
+                        f"{error} The run itself goes on: `trainjob status {run_id}`."))
+                    return
+                stop.wait(kube.reconnect_delays_seconds[failures - 1])
+    except Exception as error:  # noqa: BLE001 - the main thread reports it
+        events.put(error)
+
+
+# --- terminal output and the chief's log -----------------------------------------------------
+class _Printer:
+    """Writes status and log lines from several threads; never repeats a status line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._last: str | None = None
+
+    def status(self, line: str) -> None:
+        with self._lock:
+            if line == self._last:
+                return
+            self._last = line
+            self._write(line + "\n")
+
+    def log(self, line: str) -> None:
+        with self._lock:
+            self._write(line + "\n")
+
+    def prompt(self, text: str) -> None:
+        with self._lock:
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except (BrokenPipeError, ValueError):  # the reader went away: keep watching anyway
+            pass
+
+
+class _ChiefLog:
+    """Streams the chief's log in a thread, one pod after another, each line printed once.
+
+    When the chief pod is replaced, the new pod's log follows the old one's. A stream that
+    breaks is reopened and the lines already printed are skipped.
+    """
+
+    def __init__(self, kube: Kube, namespace: str, printer: _Printer) -> None:
+        self._kube, self._namespace, self._printer = kube, namespace, printer
+        self._cond = threading.Condition()
+        self._pods: list[str] = []
+        self._ended: set[str] = set()
+        self._printed: dict[str, int] = {}
+        self._draining = False
+        self._closed = False
+        self.thread = threading.Thread(target=self._run, name="chief-log", daemon=True)
+        self.thread.start()
+
+    def update(self, state: RunState) -> None:
+        with self._cond:
+            for pod in state.pods:
+                if pod.index != CHIEF_INDEX or pod.phase == "Pending":
+                    continue  # a pending container has no log yet
+                if pod.name not in self._pods and not pod.gone:
+                    self._pods.append(pod.name)
+                if pod.gone or pod.phase in ("Succeeded", "Failed"):
+                    self._ended.add(pod.name)
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        """The Job is over: print what is left of the chief's log, then stop."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+        self.thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop following at once (the caller also breaks the open stream)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        position = 0
+        failures = 0
+        while True:
+            with self._cond:
+                while position >= len(self._pods) and not (self._draining or self._closed):
+                    self._cond.wait()
+                if self._closed or position >= len(self._pods):
+                    return
+                name = self._pods[position]
+            try:
+                complete = self._stream(name)
+                failures = 0
+            except (ApiUnreachable, LogNotReady) as error:
+                failures += 1
+                complete = failures > len(self._kube.reconnect_delays_seconds)
+                if complete:  # give up on this pod; a replacement gets a fresh start
+                    self._printer.status(f"skipped the rest of {name}'s log: {error}")
+                    failures = 0
+                else:
+                    with self._cond:
+                        self._cond.wait(self._kube.reconnect_delays_seconds[failures - 1])
+            except NotFound:
+                complete = True  # the pod and its log are gone
+            except ClusterError as error:
+                self._printer.status(f"cannot stream the chief's log: {error}")
+                return
+            if complete:
+                position += 1
+
+    def _stream(self, name: str) -> bool:
+        """Print the pod's new lines; True when its log is complete."""
+        skip = self._printed.get(name, 0)
+        for number, line in enumerate(self._kube.stream_log(self._namespace, name)):
+            if number >= skip:
+                self._printer.log(f"[{CHIEF}] {line}")
+                self._printed[name] = number + 1
+            if self._closed:
+                return True
+        with self._cond:
+            # A follow stream ends when the container does; if we do not know it ended, the
+            # connection was cut and the stream is reopened.
+            return name in self._ended or self._draining
+
+
+# --- status, logs, cancel, list ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _Hints:
+    """Ready-to-paste commands for a run, with -n/--context only when they are needed."""
+
+    run_id: str
+    namespace: str
+    kube: Kube = field(compare=False)
+    context: str | None = None
+
+    def __call__(self, command: str, extra: str = "") -> str:
+        flags = "" if self.namespace == self.kube.default_namespace \
+            else f" -n {self.namespace}"
+        flags += f" --context {self.context}" if self.context else ""
+        return f"trainjob {command} {self.run_id}{flags}" + (f" {extra}" if extra else "")
+
+
+def status(run_id: str, *, namespace: str | None = None, context: str | None = None,
+           out: TextIO | None = None, kube: Kube | None = None) -> int:
+    """Print one summary of a run: state, workers, age, and where the model is.
+
+    Raises:
+        ClusterError: no run by that id in the namespace.
+    """
+    kube = kube or kube_module.connect(context=context)
+    namespace = namespace or kube.default_namespace
+    out = out or sys.stdout
+    job = _get_run_job(kube, namespace, run_id)
+    pods, _ = kube.list(namespace, "Pod", selector=f"{manifests.LABEL_RUN_ID}={run_id}")
+    workers = (job.get("spec") or {}).get("completions") or 1
+    state, _ = reduce(RunState(workers=workers), Event("Job", "SYNC", (job,)))
+    state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
+    current = current_pods(state).values()
+    counts = {phase: sum(p.phase == phase for p in current)
+              for phase in ("Running", "Succeeded")}
+    failed = sum(p.phase == "Failed" for p in state.pods)
+    try:
+        config_map = kube.get(namespace, "ConfigMap", f"{run_id}-spec")
+        pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
+        model = model_location(pod_spec, run_id=run_id)
+    except (NotFound, KeyError, TypeError, yaml.YAMLError):
+        model = f"unknown: the run's ConfigMap {run_id}-spec is missing or unreadable"
+    if state.job is None or state.job.outcome != "succeeded":
+        model += " (written when the run succeeds)"
+    lines = [
+        f"run:     {run_id} (namespace {namespace})",
+        f"state:   {describe(state)}",
+        f"workers: {counts['Running']} running, {counts['Succeeded']} succeeded, "
+        f"{failed} failed pods, of {workers}",
+        f"age:     {_age(job, datetime.datetime.now(datetime.timezone.utc))}",
+        f"model:   {model}",
+    ]
+    culprit = failed_pod(state)
+    if culprit is not None:
+        lines.append(f"failed:  worker {culprit.index} (pod {culprit.name}): "
+                     f"{why_failed(culprit)}")
+    out.write("".join(f"{line}\n" for line in lines))
+    return EXIT_OK
+
+
+def logs(run_id: str, *, namespace: str | None = None, context: str | None = None,
+         follow: bool = False, worker: int = 0, out: TextIO | None = None,
+         kube: Kube | None = None) -> int:
+    """Print the log of one worker's current pod (the chief by default).
+
+    Raises:
+        ClusterError: no such run, worker index out of range, or no pod for it yet.
+    """
+    kube = kube or kube_module.connect(context=context)
+    namespace = namespace or kube.default_namespace
+    out = out or sys.stdout
+    job = _get_run_job(kube, namespace, run_id)
+    workers = (job.get("spec") or {}).get("completions") or 1
+    if not 0 <= worker < workers:
+        raise ClusterError(f"--worker {worker} is out of range: run {run_id} has workers "
+                           f"0 to {workers - 1}.")
+    pods, _ = kube.list(namespace, "Pod", selector=f"{manifests.LABEL_RUN_ID}={run_id},"
+                                                   f"{INDEX_LABEL}={worker}")
+    state, _ = reduce(RunState(workers=workers), Event("Pod", "SYNC", tuple(pods)))
+    pod = current_pods(state).get(worker)
+    if pod is None:
+        raise ClusterError(f"run {run_id} has no pod for worker {worker} (any more); see "
+                           f"`trainjob status {run_id}`.")
+    if not follow:
+        out.write(kube.read_log(namespace, pod.name))
+        out.flush()
+        return EXIT_OK
+    for line in kube.stream_log(namespace, pod.name):
+        out.write(line + "\n")
+        out.flush()
+    return EXIT_OK
+
+
+def cancel(run_id: str, *, namespace: str | None = None, context: str | None = None,
+           out: TextIO | None = None, kube: Kube | None = None) -> int:
+    """Delete a run's Job (its pods go with it), Service and ConfigMap; keep its outputs.
+
+    Raises:
+        ClusterError: none of the run's objects exist, or a delete was refused.
+    """
+    kube = kube or kube_module.connect(context=context)
+    namespace = namespace or kube.default_namespace
+    out = out or sys.stdout
+    deleted, refused = [], []
+    for doc in _run_objects(run_id):
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        try:
+            kube.delete(namespace, kind, name, propagation="Foreground")
+            deleted.append(f"{kind} {name}")
+        except NotFound:
+            pass
+        except ClusterError as error:
+            refused.append(str(error))
+    if refused:
+        raise ClusterError(refused[0])
+    if not deleted:
+        raise ClusterError(f"no run named {run_id!r} in namespace {namespace!r}; "
+                           "`trainjob list` shows the runs there.")
+    out.write(f"cancelled run {run_id}: deleted {', '.join(deleted)}; its pods go with the "
+              "Job, its run directory on the models volume is kept\n")
+    return EXIT_OK
+
+
+def list_runs(*, namespace: str | None = None, context: str | None = None,
+              out: TextIO | None = None, kube: Kube | None = None) -> int:
+    """Print a table of the runs in the namespace, newest first."""
+    kube = kube or kube_module.connect(context=context)
+    namespace = namespace or kube.default_namespace
+    out = out or sys.stdout
+    jobs, _ = kube.list(namespace, "Job", selector=manifests.LABEL_RUN_ID)
+    if not jobs:
+        out.write(f"no trainjob runs in namespace {namespace!r}\n")
+        return EXIT_OK
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rows = [("RUN", "STATE", "WORKERS", "RUNNING", "SUCCEEDED", "FAILED", "AGE")]
+    for job in sorted(jobs, key=_creation_order, reverse=True):
+        status_ = job.get("status") or {}
+        rows.append((job["metadata"]["name"], job_state(job),
+                     str((job.get("spec") or {}).get("completions") or 1),
+                     str(status_.get("ready") or 0), str(status_.get("succeeded") or 0),
+                     str(status_.get("failed") or 0), _age(job, now)))
+    out.write(format_table(rows))
+    return EXIT_OK
+
+
+def _get_run_job(kube: Kube, namespace: str, run_id: str) -> dict[str, Any]:
+    try:
+        return kube.get(namespace, "Job", run_id)
+    except NotFound:
+        raise ClusterError(f"no run named {run_id!r} in namespace {namespace!r}; "
+                           "`trainjob list` shows the runs there.") from None

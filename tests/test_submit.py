@@ -1,0 +1,623 @@
+"""The submitter against a fake Kubernetes API server, through the real ``kubernetes`` client.
+
+Every scenario runs ``job.submit.runs`` (or the CLI) over real HTTP against ``FakeKube``,
+whose Job controller plays the pods from a scripted scenario. Nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import pty
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_kube import Attempt, FakeKube
+
+from job import cli
+from job import spec as spec_module
+from job.errors import EXIT_INTERRUPTED, ClusterError, JobFailed
+from job.submit import runs
+from job.submit.kube import Kube
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE = "ml"
+RUN = "tiny-run01"
+PVCS = ((NAMESPACE, "trainjob-models"), (NAMESPACE, "trainjob-data"))
+UNSCHEDULABLE = ("Unschedulable", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+IMAGE_PULL = ("ImagePullBackOff", 'Back-off pulling image "ghcr.io/example/trainjob:0.1.0"')
+
+
+# --- fixtures -------------------------------------------------------------------------------
+def spec_dict(**cluster) -> dict:
+    return {
+        "name": "tiny",
+        "data": {"train_dir": "data/train"},
+        "train": {"epochs": 1, "global_batch_size": 4},
+        "cluster": {"workers": 2, "image": "ghcr.io/example/trainjob:0.1.0",
+                    "namespace": NAMESPACE, "max_restarts": 2,
+                    "models_volume": {"claim": "trainjob-models", "mount": "/models"},
+                    "data_volume": {"claim": "trainjob-data", "mount": "/data",
+                                    "read_only": True},
+                    **cluster},
+    }
+
+
+@pytest.fixture
+def spec_path(tmp_path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict()))
+    return path
+
+
+@pytest.fixture
+def spec(spec_path) -> spec_module.Spec:
+    return spec_module.load(spec_path)
+
+
+@pytest.fixture
+def cluster() -> Iterator:
+    """Start fake clusters on demand; all are stopped at the end of the test."""
+    started: list[FakeKube] = []
+
+    def start(scenario=None, *, pvcs=PVCS, **options) -> FakeKube:
+        fake = FakeKube(scenario=scenario, namespaces=("default", NAMESPACE), pvcs=pvcs,
+                        **options).__enter__()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        fake.stop()
+
+
+def client(fake: FakeKube, **options) -> Kube:
+    """The real client, pointed at the fake, with short watches and quick reconnects."""
+    options = {"watch_timeout_seconds": 5, "reconnect_delays_seconds": (0.0, 0.05, 0.1),
+               **options}
+    return Kube(fake.configuration(), default_namespace=NAMESPACE, **options)
+
+
+def submit(spec, fake: FakeKube, **options) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    options = {"run_id": RUN, "out": out, "kube": client(fake), **options}
+    try:
+        code = runs.submit(spec, **options)
+    finally:
+        lines = out.getvalue().splitlines()
+    return code, lines
+
+
+def status_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if not line.startswith("[worker")]
+
+
+def assert_in_order(lines: list[str], expected: list[str]) -> None:
+    position = 0
+    for want in expected:
+        found = [i for i, line in enumerate(lines) if i >= position and line.startswith(want)]
+        assert found, f"{want!r} not found in order in:\n" + "\n".join(lines)
+        position = found[0] + 1
+
+
+def assert_no_line_twice_in_a_row(lines: list[str]) -> None:
+    statuses = status_lines(lines)
+    repeats = [a for a, b in zip(statuses, statuses[1:], strict=False) if a == b]
+    assert not repeats, repeats
+
+
+def run_objects(fake: FakeKube) -> dict[str, list[str]]:
+    return {resource: sorted(o["metadata"]["name"] for o in fake.objects(resource, NAMESPACE))
+            for resource in ("configmaps", "services", "jobs", "pods")}
+
+
+NOTHING = {"configmaps": [], "services": [], "jobs": [], "pods": []}
+
+
+# --- submit: the scenarios ------------------------------------------------------------------
+def test_successful_run_reports_pending_reasons_running_chief_logs_and_model_location(
+        spec, cluster):
+    fake = cluster({0: [Attempt(pending=(UNSCHEDULABLE,), logs=("epoch 1/1", "model saved"))],
+                    1: [Attempt(pending=(IMAGE_PULL, IMAGE_PULL), logs=("worker 1 here",))]})
+
+    code, lines = submit(spec, fake)
+
+    assert code == 0
+    assert_in_order(lines, [
+        f"submitted run {RUN} to namespace 'ml' (ConfigMap {RUN}-spec, Service {RUN}, Job {RUN})",
+        f"  status: trainjob status {RUN}",
+        "pending: 0/2 running (worker 0: Unschedulable: 0/3 nodes are available: 3 "
+        "Insufficient nvidia.com/gpu.)",
+        "pending: 1/2 running (worker 1: ImagePullBackOff: Back-off pulling image",
+        "running: 2/2 workers",
+        "succeeded",
+        f"model: trainjob-models:/models/{RUN}/model.h5",
+    ])
+    assert [line for line in lines if line.startswith("[")] == [
+        "[worker 0] epoch 1/1", "[worker 0] model saved"]
+    assert lines[-1] == f"model: trainjob-models:/models/{RUN}/model.h5"
+    assert_no_line_twice_in_a_row(lines)
+    assert len(set(status_lines(lines))) == len(status_lines(lines))
+
+
+def test_permanent_failure_reports_the_pod_exit_code_reason_and_log_tail(spec, cluster):
+    log = tuple(f"step {i}" for i in range(30)) + ("SpecError: data.train_dir is missing",)
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(exit_code=2, logs=log)]})
+
+    with pytest.raises(JobFailed) as failure:
+        submit(spec, fake, out=(out := io.StringIO()))
+    lines = out.getvalue().splitlines()
+
+    assert failure.value.exit_code == 1
+    assert "worker 1 exited (exit 2, bad input, permanent)" in str(failure.value)
+    assert f"trainjob logs {RUN} --worker 1" in str(failure.value)
+    pods = run_objects(fake)["pods"]
+    assert len(pods) == 1 and pods[0].startswith(f"{RUN}-1-")  # the chief was stopped
+    failed_pod = pods[0]
+    assert_in_order(lines, [
+        "failed: PodFailurePolicy: Container trainjob for pod ml/" + failed_pod,
+        f"worker 1 (pod {failed_pod}) failed: exit 2, bad input, permanent "
+        "(container reason: Error)",
+        f"last 20 lines of {failed_pod}:",
+    ])
+    tail = [line for line in lines if line.startswith("[worker 1] ")]
+    assert tail == [f"[worker 1] {line}" for line in log[-20:]]
+
+
+def test_retryable_failure_is_reported_as_a_restart_and_the_run_still_succeeds(spec, cluster):
+    fake = cluster({0: [Attempt(logs=tuple(f"epoch {i}" for i in range(8)))],
+                    1: [Attempt(exit_code=75, logs=("lost peer",)), Attempt()]})
+
+    code, lines = submit(spec, fake)
+
+    assert code == 0
+    restarted = [line for line in lines if line.startswith("worker 1 restarted")]
+    assert len(restarted) == 1
+    assert restarted[0].startswith(f"worker 1 restarted (exit 75, retryable): new pod {RUN}-1-")
+    assert_in_order(lines, ["running: 2/2 workers", "pending: 1/2 running (worker 1: exit 75, "
+                            "retryable)", "worker 1 restarted", "running: 2/2 workers",
+                            "succeeded", "model: "])
+    assert_no_line_twice_in_a_row(lines)
+
+
+def test_too_many_retryable_failures_fail_the_run_at_the_backoff_limit(spec_path, cluster):
+    spec = spec_module.from_dict(spec_dict(max_restarts=1), base_dir=spec_path.parent)
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(exit_code=75, logs=("lost peer",))]})
+
+    with pytest.raises(JobFailed, match="worker 1 exited \\(exit 75, retryable\\)"):
+        submit(spec, fake, out=(out := io.StringIO()))
+
+    lines = out.getvalue().splitlines()
+    assert "failed: BackoffLimitExceeded: Job has reached the specified backoff limit" in lines
+    assert sum(line.startswith("worker 1 restarted") for line in lines) == 2
+
+
+def test_no_wait_returns_after_creating_the_run(spec, cluster):
+    fake = cluster()
+
+    code, lines = submit(spec, fake, wait=False)
+
+    assert code == 0
+    assert lines[0].startswith(f"submitted run {RUN}")
+    assert run_objects(fake) == {"configmaps": [f"{RUN}-spec"], "services": [RUN],
+                                 "jobs": [RUN], "pods": []}
+
+
+def test_forbidden_create_names_verb_and_resource_and_leaves_nothing_behind(spec, cluster):
+    fake = cluster()
+    fake.forbid("create", "jobs")
+
+    with pytest.raises(ClusterError) as refused:
+        submit(spec, fake)
+
+    assert str(refused.value) == (
+        "forbidden: user 'alice' cannot create jobs.batch in namespace 'ml'; ask your cluster "
+        "admin to bind the trainjob Role (k8s/rbac.yaml) to you.")
+    assert refused.value.exit_code == 2
+    assert run_objects(fake) == NOTHING
+    created = [path for method, path, _ in fake.requests if method == "POST"]
+    assert len(created) == 3  # ConfigMap, Service, then the refused Job; the first two undone
+
+
+def test_missing_volume_claim_fails_before_anything_is_created(spec, cluster):
+    fake = cluster(pvcs=[(NAMESPACE, "trainjob-models")])
+
+    with pytest.raises(ClusterError, match="PersistentVolumeClaim 'trainjob-data' "
+                                           "\\(cluster.data_volume.claim\\) not found in "
+                                           "namespace 'ml'"):
+        submit(spec, fake)
+
+    assert not [r for r in fake.requests if r[0] in ("POST", "DELETE")]
+    assert run_objects(fake) == NOTHING
+
+
+def test_missing_namespace_fails_before_anything_is_created(spec, cluster):
+    fake = cluster()
+
+    with pytest.raises(ClusterError, match="namespace 'elsewhere' does not exist"):
+        submit(spec, fake, namespace="elsewhere")
+
+    assert not [r for r in fake.requests if r[0] == "POST"]
+
+
+def test_unreadable_namespaces_are_noted_and_a_missing_one_still_fails_clearly(spec_path,
+                                                                              cluster):
+    spec = spec_module.from_dict(spec_dict(models_volume=None, data_volume=None),
+                                 base_dir=spec_path.parent)
+    fake = cluster()
+    fake.forbid("get", "namespaces")
+
+    with pytest.raises(ClusterError, match="^not found: namespace 'elsewhere' does not exist"):
+        submit(spec, fake, namespace="elsewhere", out=(out := io.StringIO()))
+
+    assert "note: cannot check that namespace 'elsewhere' exists" in out.getvalue()
+    assert "warning: cluster.models_volume is not set" in out.getvalue()
+
+
+def test_run_id_already_taken_says_to_pick_another(spec, cluster):
+    fake = cluster()
+    submit(spec, fake, wait=False)
+
+    with pytest.raises(ClusterError, match=f"^already exists: configmap '{RUN}-spec' in "
+                                           "namespace 'ml'; submit again without --run-id"):
+        submit(spec, fake, wait=False)
+
+
+def test_dropped_watches_and_410_gone_are_survived_without_repeated_lines(spec, cluster):
+    fake = cluster({0: [Attempt(pending=(UNSCHEDULABLE,) * 3,
+                                logs=tuple(f"epoch {i}" for i in range(12)))],
+                    1: [Attempt(pending=(IMAGE_PULL,) * 5)]})
+    fake.drop_next_watch("pods", after_events=3)
+    fake.expire_next_watch("pods")  # the reconnect after the drop gets 410 and must re-list
+    fake.expire_next_watch("jobs", in_stream=False)
+    fake.drop_next_log(after_lines=4)
+
+    code, lines = submit(spec, fake)
+
+    assert code == 0
+    pod_watches = [q for m, path, q in fake.requests if path.endswith("/pods") and "watch" in q]
+    assert len(pod_watches) >= 3  # dropped, then 410 in the stream, then a fresh one
+    job_lists = [q for m, path, q in fake.requests
+                 if m == "GET" and path.endswith("/jobs") and "watch" not in q]
+    assert len(job_lists) == 2  # the first watch got an HTTP 410, so the Job was listed again
+    assert [line for line in lines if line.startswith("[")] == [
+        f"[worker 0] epoch {i}" for i in range(12)]
+    statuses = status_lines(lines)
+    assert len(set(statuses)) == len(statuses), statuses
+    assert_in_order(lines, ["pending: 0/2 running (worker 0: Unschedulable", "running: 2/2",
+                            "succeeded", "model: "])
+
+
+def test_an_api_server_that_stays_down_ends_the_watch_with_a_clear_error(spec, cluster):
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]})
+
+    def stop_when_running():
+        fake.wait_for(lambda: sum(p["status"]["phase"] == "Running"
+                                  for p in fake.objects("pods")) == 2)
+        fake.stop()
+
+    threading.Thread(target=stop_when_running, daemon=True).start()
+    with pytest.raises(ClusterError) as lost:
+        submit(spec, fake, follow=False)
+
+    message = str(lost.value)
+    assert message.startswith(f"lost the watch on run {RUN} after 3 reconnects: cannot reach "
+                              f"the Kubernetes API at {fake.url}")
+    assert "\n" not in message
+
+
+def test_cancel_deletes_the_job_its_pods_the_service_and_the_configmap(spec, cluster):
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]}, start_on_watch=False)
+    submit(spec, fake, wait=False)
+    fake.wait_for(lambda: len(fake.objects("pods")) == 2)
+
+    out = io.StringIO()
+    assert runs.cancel(RUN, out=out, kube=client(fake)) == 0
+
+    assert run_objects(fake) == NOTHING
+    assert out.getvalue().startswith(f"cancelled run {RUN}: deleted Job {RUN}, Service {RUN}, "
+                                     f"ConfigMap {RUN}-spec")
+    deletes = [q for m, _, q in fake.requests if m == "DELETE"]
+    assert deletes and all(q == "" for q in deletes)  # propagation went in the body
+    with pytest.raises(ClusterError, match=f"^no run named '{RUN}' in namespace 'ml'"):
+        runs.cancel(RUN, out=out, kube=client(fake))
+
+
+def test_status_list_and_logs_describe_a_finished_run(spec, cluster):
+    fake = cluster({0: [Attempt(logs=("epoch 1", "done"))],
+                    1: [Attempt(exit_code=75), Attempt(hold=True)]})
+    assert submit(spec, fake)[0] == 0
+    kube = client(fake)
+
+    out = io.StringIO()
+    assert runs.status(RUN, out=out, kube=kube) == 0
+    summary = out.getvalue().splitlines()
+    assert summary[0] == f"run:     {RUN} (namespace ml)"
+    assert summary[1] == "state:   succeeded"
+    assert summary[2].startswith("workers: 0 running, 1 succeeded, 1 failed pods, of 2")
+    assert summary[3].startswith("age:     ")
+    assert summary[4] == f"model:   trainjob-models:/models/{RUN}/model.h5"
+    assert summary[5].startswith(f"failed:  worker 1 (pod {RUN}-1-") and \
+        summary[5].endswith("exit 75, retryable")
+
+    out = io.StringIO()
+    assert runs.list_runs(out=out, kube=kube) == 0
+    table = [line.split() for line in out.getvalue().splitlines()]
+    assert table[0] == ["RUN", "STATE", "WORKERS", "RUNNING", "SUCCEEDED", "FAILED", "AGE"]
+    assert table[1][:6] == [RUN, "succeeded", "2", "0", "1", "1"]
+
+    out = io.StringIO()
+    assert runs.logs(RUN, worker=0, out=out, kube=kube) == 0
+    assert out.getvalue() == "epoch 1\ndone\n"
+    out = io.StringIO()
+    assert runs.logs(RUN, worker=0, follow=True, out=out, kube=kube) == 0
+    assert out.getvalue() == "epoch 1\ndone\n"
+    with pytest.raises(ClusterError, match="--worker 2 is out of range: run .* has workers 0 "
+                                           "to 1"):
+        runs.logs(RUN, worker=2, out=out, kube=kube)
+    with pytest.raises(ClusterError, match="^no run named 'other' in namespace 'ml'"):
+        runs.status("other", out=out, kube=kube)
+
+
+def test_list_says_so_when_there_are_no_runs(cluster):
+    out = io.StringIO()
+    assert runs.list_runs(namespace="default", out=out, kube=client(cluster())) == 0
+    assert out.getvalue() == "no trainjob runs in namespace 'default'\n"
+
+
+# --- the CLI, with a kubeconfig file --------------------------------------------------------
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    """Point KUBECONFIG at a file written for a fake cluster; HOME has no ~/.kube."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    def write(fake: FakeKube, **options) -> Path:
+        path = fake.write_kubeconfig(tmp_path / "kubeconfig", **options)
+        monkeypatch.setenv("KUBECONFIG", str(path))
+        return path
+
+    return write
+
+
+def test_cli_commands_reach_the_cluster_through_the_kubeconfig(spec_path, cluster, kubeconfig,
+                                                                capsys):
+    fake = cluster({0: [Attempt(logs=("epoch 1",))], 1: [Attempt()]})
+    kubeconfig(fake, namespace=NAMESPACE)
+
+    assert cli.main(["submit", str(spec_path), "--run-id", RUN]) == 0
+    out = capsys.readouterr().out
+    assert "[worker 0] epoch 1" in out
+    assert f"model: trainjob-models:/models/{RUN}/model.h5" in out
+
+    assert cli.main(["status", RUN]) == 0
+    assert "state:   succeeded" in capsys.readouterr().out
+    assert cli.main(["logs", RUN]) == 0
+    assert capsys.readouterr().out == "epoch 1\n"
+    assert cli.main(["list"]) == 0
+    assert RUN in capsys.readouterr().out
+    assert cli.main(["cancel", RUN]) == 0
+    assert run_objects(fake) == NOTHING
+    assert cli.main(["status", RUN]) == 2
+    assert capsys.readouterr().err == (f"trainjob: error: no run named '{RUN}' in namespace "
+                                       "'ml'; `trainjob list` shows the runs there.\n")
+
+
+def test_cli_uses_the_contexts_namespace_unless_told_otherwise(spec_path, cluster, kubeconfig,
+                                                               capsys):
+    fake = cluster()
+    kubeconfig(fake)  # no namespace in the context: 'default'
+
+    assert cli.main(["submit", str(spec_path), "--run-id", RUN, "--no-wait"]) == 0
+    assert f"status: trainjob status {RUN} -n ml" in capsys.readouterr().out
+    assert cli.main(["list"]) == 0
+    assert capsys.readouterr().out == "no trainjob runs in namespace 'default'\n"
+    assert cli.main(["list", "-n", NAMESPACE]) == 0
+    assert RUN in capsys.readouterr().out
+
+
+def test_cli_reports_a_refused_create_in_one_line_with_exit_2(spec_path, cluster, kubeconfig,
+                                                               capsys):
+    fake = cluster()
+    fake.forbid("create", "services")
+    kubeconfig(fake, namespace=NAMESPACE)
+
+    assert cli.main(["submit", str(spec_path), "--run-id", RUN]) == 2
+
+    err = capsys.readouterr().err
+    assert err == ("trainjob: error: forbidden: user 'alice' cannot create services in "
+                   "namespace 'ml'; ask your cluster admin to bind the trainjob Role "
+                   "(k8s/rbac.yaml) to you.\n")
+    assert run_objects(fake) == NOTHING
+
+
+def test_cli_reports_rejected_credentials(spec_path, cluster, kubeconfig, capsys):
+    fake = cluster()
+    fake.tokens = {"the-right-token"}
+    kubeconfig(fake, token="an-expired-token")
+
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"trainjob: error: unauthorized: the Kubernetes API at {fake.url} "
+                          "rejected the credentials of kubeconfig context 'fake'")
+    assert err.count("\n") == 1
+
+
+def test_cli_reports_an_unreachable_api_server(cluster, kubeconfig, capsys):
+    fake = cluster()
+    kubeconfig(fake)
+    fake.stop()  # the port is closed now
+
+    assert cli.main(["list"]) == 2
+    assert capsys.readouterr().err == (
+        f"trainjob: error: cannot reach the Kubernetes API at {fake.url}: connection refused; "
+        "check that the cluster is up and that kubeconfig context 'fake' points at it "
+        "(kubectl cluster-info).\n")
+
+
+def test_cli_explains_a_missing_kubeconfig(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trainjob: error: no kubeconfig found")
+    assert "set KUBECONFIG=" in err
+
+
+def test_cli_rejects_an_unknown_context(cluster, kubeconfig, capsys):
+    kubeconfig(cluster())
+
+    assert cli.main(["list", "--context", "prod"]) == 2
+    assert "trainjob: error: kubeconfig " in capsys.readouterr().err
+
+
+# --- Ctrl-C, in a real process --------------------------------------------------------------
+def start_submit(spec_path: Path, kubeconfig_path: Path, *, stdin) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig_path), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "job", "submit", str(spec_path),
+                             "--run-id", RUN], stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def read_until(process: subprocess.Popen, prefix: str) -> list[str]:
+    lines = []
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"{prefix!r} never came; got {lines}, stderr: {process.stderr.read()}")
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_then_c_cancels_the_run(spec_path, cluster, tmp_path):
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]})
+    controller, terminal = pty.openpty()  # a real terminal, so the question is asked
+    process = start_submit(spec_path, fake.write_kubeconfig(tmp_path / "kc", namespace="ml"),
+                           stdin=terminal)
+    try:
+        read_until(process, "running: 2/2 workers")
+        process.send_signal(signal.SIGINT)
+        os.write(controller, b"c\n")
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+        process.kill()
+
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert "cancel the run (c) or detach (d)? [d] " in out
+    assert f"cancelled run {RUN}: deleted its Job (and pods), Service and ConfigMap" in out
+    assert run_objects(fake) == NOTHING
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_without_a_terminal_detaches_and_the_run_goes_on(spec_path, cluster, tmp_path):
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]})
+    process = start_submit(spec_path, fake.write_kubeconfig(tmp_path / "kc", namespace="ml"),
+                           stdin=subprocess.DEVNULL)
+    try:
+        read_until(process, "running: 2/2 workers")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert "cancel the run" not in out
+    assert (f"detached; run {RUN} goes on. Reattach with trainjob status {RUN} or trainjob "
+            f"logs {RUN} -f; stop it with trainjob cancel {RUN}") in out
+    assert run_objects(fake)["jobs"] == [RUN]
+    assert len(run_objects(fake)["pods"]) == 2
+
+
+# --- the pure part --------------------------------------------------------------------------
+def pod(name: str, index: int, phase: str, **status) -> dict:
+    return {"metadata": {"name": name, "resourceVersion": "1",
+                         "labels": {runs.INDEX_LABEL: str(index)}},
+            "status": {"phase": phase, **status}}
+
+
+def terminated(code: int, reason: str = "Error") -> dict:
+    return {"containerStatuses": [{"name": "trainjob", "state": {"terminated": {
+        "exitCode": code, "reason": reason}}}]}
+
+
+def test_reduce_prints_nothing_new_when_a_relist_repeats_what_was_seen():
+    state = runs.RunState(workers=2)
+    events = [runs.Event("Pod", "ADDED", (pod("a", 1, "Failed", **terminated(75)),)),
+              runs.Event("Pod", "ADDED", (pod("b", 1, "Running"),))]
+    notices = []
+    for event in events:
+        state, lines = runs.reduce(state, event)
+        notices += lines
+    relisted, again = runs.reduce(state, runs.Event("Pod", "SYNC", tuple(
+        e.objects[0] for e in events)))
+
+    assert notices == ["worker 1 restarted (exit 75, retryable): new pod b"]
+    assert again == []
+    assert runs.describe(relisted) == runs.describe(state)
+
+
+def test_describe_names_the_first_reason_a_worker_is_not_running():
+    state, _ = runs.reduce(runs.RunState(workers=2), runs.Event("Pod", "SYNC", (
+        pod("a", 0, "Running"),
+        pod("b", 1, "Pending", containerStatuses=[{"state": {"waiting": {
+            "reason": "ErrImagePull", "message": "manifest\n  unknown"}}}]))))
+
+    assert runs.describe(state) == "pending: 1/2 running (worker 1: ErrImagePull: manifest " \
+                                   "unknown)"
+
+
+def test_describe_shows_a_suspended_job_as_queued():
+    job = {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
+           "spec": {"suspend": True}}
+    state, _ = runs.reduce(runs.RunState(workers=2), runs.Event("Job", "SYNC", (job,)))
+
+    assert runs.describe(state) == ("queued: the Job is suspended until Kueue queue 'team-a' "
+                                    "admits it")
+
+
+def test_why_failed_names_kills_by_their_reason():
+    view = runs.pod_view(pod("a", 0, "Failed", **terminated(137, "OOMKilled")), seq=0)
+    assert runs.why_failed(view) == "exit 137, OOMKilled"
+
+
+def test_model_location_without_a_models_volume_warns_it_is_lost():
+    text = runs.model_location({"output": {"dir": "/models"}, "cluster": {}}, run_id="r")
+    assert text.startswith("/models/r/model.h5 in the pod's emptyDir, deleted with the pod")
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (312, "5m12s"), (11040, "3h04m"),
+                                               (183600, "2d03h")])
+def test_format_age_keeps_the_two_largest_units(seconds, text):
+    assert runs.format_age(seconds) == text
+
+
+# --- import rules ---------------------------------------------------------------------------
+def test_only_the_kube_module_imports_kubernetes():
+    importers = []
+    for path in sorted((ROOT / "job").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "kubernetes" or n.startswith("kubernetes.") for n in names):
+                importers.append(path.relative_to(ROOT).as_posix())
+    assert sorted(set(importers)) == ["job/submit/kube.py"]
+
+
+def test_the_submitter_starts_without_importing_tensorflow():
+    probe = ("import sys, job.cli, job.submit.runs, job.submit.kube\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('tensorflow', 'keras')))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    assert result.stdout.strip() == "[]"
