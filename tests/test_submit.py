@@ -477,7 +477,9 @@ def test_cli_rejects_an_unknown_context(cluster, kubeconfig, capsys):
     kubeconfig(cluster())
 
     assert cli.main(["list", "--context", "prod"]) == 2
-    assert "trainjob: error: kubeconfig " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("trainjob: error: kubeconfig ")
+    assert err.endswith(" has no context 'prod'; choose one of: fake.\n")
 
 
 # --- Ctrl-C, in a real process --------------------------------------------------------------

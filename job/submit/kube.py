@@ -281,9 +281,13 @@ def connect(*, context: str | None = None, **options: Any) -> Kube:
     existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
     if existing:
         try:
+            contexts, current = config.list_kube_config_contexts(config_file=paths)
+            names = [c.get("name") for c in contexts]
+            if context is not None and context not in names:
+                raise ClusterError(f"kubeconfig {', '.join(existing)} has no context "
+                                   f"{context!r}; choose one of: {', '.join(map(str, names))}.")
             config.load_kube_config(config_file=paths, context=context, persist_config=False,
                                     client_configuration=configuration)
-            contexts, current = config.list_kube_config_contexts(config_file=paths)
         except (ConfigException, OSError, ValueError, KeyError, TypeError) as error:
             reason = " ".join(str(error).split()) or type(error).__name__
             raise ClusterError(f"kubeconfig {', '.join(existing)}: {reason}; fix the file, "
