@@ -16,6 +16,7 @@ code path, without MultiWorkerMirroredStrategy's ~2.7x single-worker overhead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from job import cluster as cluster_module
 from job import spec as spec_module
@@ -102,6 +105,9 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
                       env=env)
     tf, keras = _import_tensorflow(cluster, spec)
     strategy = _make_strategy(tf, cluster, timeout_seconds=spec.train.collective_timeout_seconds)
+    # MultiWorkerMirroredStrategy's runtime takes SIGTERM over at start-up (its own
+    # preemption notifier); take it back so SIGTERM reaches the flag the loop shares.
+    preemption.reinstall()
     num_replicas = strategy.num_replicas_in_sync
     local_replicas = max(1, num_replicas // cluster.num_workers)
     if spec.train.global_batch_size % num_replicas:
@@ -149,6 +155,7 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
     train_step = _make_train_step(tf, keras, strategy, model, optimizer, loss_fn,
                                   global_batch=spec.train.global_batch_size)
     eval_step = _make_eval_step(tf, keras, strategy, model, loss_fn)
+    sync_statistics = _make_statistics_sync(tf, strategy, model)
 
     def eval_iterator(name: str):
         steps = data.eval_batch_count(len(getattr(splits, name)), num_workers=cluster.num_workers,
@@ -197,19 +204,21 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
                         tf.summary.scalar("train/accuracy", accuracy)
                         tf.summary.scalar("train/images_per_second", rate)
                 if sums[3] > 0:
-                    _save(manager, step, run)
+                    with preemption.saving():
+                        _save(manager, step)
                     progress.line(f"{worker_tag}: preempted (SIGTERM): checkpoint saved at step "
                                   f"{step}; exiting to be restarted")
                     raise Preempted(f"preempted (SIGTERM): checkpoint saved at step {step}; "
                                     "restart the group to resume")
                 if step % spec.output.checkpoint_every_steps == 0:
-                    _save(manager, step, run)
+                    _save(manager, step)
             epoch_seconds = time.perf_counter() - epoch_started
             train_seconds += epoch_seconds
             images_trained += (step - epoch_first_step) * spec.train.global_batch_size
+            sync_statistics()
             val_loss, val_accuracy = _evaluate(eval_step, val_dataset, val_steps)
             if step % spec.output.checkpoint_every_steps:
-                _save(manager, step, run)  # Every epoch end is a checkpoint too.
+                _save(manager, step)  # Every epoch end is a checkpoint too.
             epoch_stats = {
                 "epoch": epoch + 1, "step": step,
                 "train_loss": epoch_sums[0] / epoch_sums[2],
@@ -381,6 +390,37 @@ def _make_eval_step(tf, keras, strategy, model, loss_fn):
     return eval_step
 
 
+def _make_statistics_sync(tf, strategy, model):
+    """A function that averages non-trainable statistics (batch-norm moving means) over replicas.
+
+    Gradients are all-reduced, so trainable weights stay identical; but each
+    worker updates its batch-norm moving statistics from its own batches. One
+    all-reduce per epoch makes every worker validate and export the same model.
+    """
+    variables = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if not variables or strategy.num_replicas_in_sync == 1:
+        return lambda: None
+
+    shapes = [tuple(v.shape) for v in variables]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+
+    def replica_means():
+        # One flat all-reduce instead of one per variable.
+        flat = tf.concat([tf.reshape(tf.cast(v.value, "float32"), [-1]) for v in variables], 0)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, flat)
+
+    @tf.function
+    def averaged():
+        return strategy.experimental_local_results(strategy.run(replica_means))[0]
+
+    def sync():
+        values = np.split(averaged().numpy(), np.cumsum(sizes)[:-1])
+        for variable, value, shape in zip(variables, values, shapes):
+            variable.assign(value.reshape(shape).astype(str(variable.dtype)))
+
+    return sync
+
+
 def _evaluate(eval_step, dataset, steps: int) -> tuple[float, float]:
     iterator = iter(dataset)
     totals = [0.0, 0.0, 0.0]
@@ -406,7 +446,7 @@ def _restore(tf, checkpoint, directory: Path, *, log, worker_tag: str) -> int:
     return step
 
 
-def _save(manager, step: int, run) -> None:
+def _save(manager, step: int) -> None:
     manager.save(checkpoint_number=step)
 
 
@@ -476,6 +516,7 @@ class _PreemptionFlag:
     def __init__(self) -> None:
         self.set = False
         self.previous = None
+        self._saving = False
 
     @classmethod
     def install(cls) -> _PreemptionFlag:
@@ -486,12 +527,27 @@ class _PreemptionFlag:
             flag.previous = None  # Not the main thread (tests): no handler, no flag.
         return flag
 
+    def reinstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self._handle)
+
     def _handle(self, signum, frame) -> None:
-        if self.set:
+        if self.set and not self._saving:
+            # A second SIGTERM while stuck (say, on a lost peer): leave now.
             os._exit(RetryableError.exit_code)
+        if self.set:
+            return  # Saving the preemption checkpoint: finish it, then exit.
         self.set = True
         print("trainjob: SIGTERM received: saving a checkpoint after this step",
               file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def saving(self):
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def tensor(self, tf):
         return tf.constant(1.0 if self.set else 0.0)

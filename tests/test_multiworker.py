@@ -1,0 +1,171 @@
+"""Real multi-worker training: several processes on localhost through `trainjob local`.
+
+These runs are the loud alarm for a TensorFlow or Keras upgrade that breaks
+two-worker training (the distributed path leans on their internals).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_spec, write_spec
+
+pytestmark = pytest.mark.slow
+
+RUN_DEADLINE_SECONDS = 300
+"""Generous bound on one multi-worker run on a busy 2-core machine; only a hang reaches it."""
+
+
+class Launcher:
+    """`trainjob local` in a subprocess, its output collected line by line in a thread."""
+
+    def __init__(self, spec_path: Path, *, workers: int, max_restarts: int, run_id: str,
+                 env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "job", "local", "--workers", str(workers),
+             "--max-restarts", str(max_restarts), "--run-id", run_id, str(spec_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_line(self, predicate, *, timeout: float = RUN_DEADLINE_SECONDS) -> str:
+        """Block until a line satisfies ``predicate``; fail with the log on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                if not self._reader.is_alive() or time.monotonic() > deadline:
+                    pytest.fail("expected line never came; log:\n" + self.log())
+                self._changed.wait(timeout=1.0)
+
+    def wait(self) -> int:
+        code = self.process.wait(timeout=RUN_DEADLINE_SECONDS)
+        self._reader.join(timeout=10)
+        return code
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+def worker_pid(run_id: str, index: int) -> int:
+    """The pid of worker ``index`` of run ``run_id``, found by its environment."""
+    wanted = {f"TRAINJOB_RUN_ID={run_id}".encode(), f"JOB_COMPLETION_INDEX={index}".encode()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = set((entry / "environ").read_bytes().split(b"\0"))
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted <= environ and b"train" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no worker {index} of run {run_id} is running")
+
+
+def global_step(line: str) -> int | None:
+    """The global step of a chief progress line ('... (global 12/40) ...'), else None."""
+    if "(global " not in line:
+        return None
+    return int(line.split("(global ", 1)[1].split("/", 1)[0])
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "TRAINJOB_SCRATCH_DIR": str(tmp_path / "scratch"),
+            "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def test_two_workers_train_to_identical_weights(shapes_data, tmp_path, env):
+    out = tmp_path / "models"
+    spec_path = write_spec(tmp_path, tiny_spec(shapes_data, out))
+    launcher = Launcher(spec_path, workers=2, max_restarts=0, run_id="pair", env=env)
+    assert launcher.wait() == 0, launcher.log()
+
+    run = out / "pair"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["workers"] == 2
+    assert metrics["replicas"] == 2
+    assert metrics["steps"] == 2 * (180 // 16)
+    chief_hash = (run / "weights.sha256").read_text().strip()
+    worker_hash = (tmp_path / "scratch" / "worker-1" / "weights.sha256").read_text().strip()
+    assert chief_hash == worker_hash == metrics["weights_sha256"]
+    # Only the chief wrote the shared run directory; worker 1's model stayed in its scratch.
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["checkpoints", "history.csv", "labels.json", "logs", "metrics.json", "model.h5",
+         "spec.yaml", "weights.sha256"])
+    assert not list((run / "checkpoints").glob("*worker*"))
+    assert "[worker 0]" in launcher.log() and "[worker 1]" in launcher.log()
+
+    import keras
+
+    model = keras.models.load_model(run / "model.h5")
+    assert model.output_shape == (None, 4)
+
+
+def test_killed_worker_restarts_group_which_resumes_from_checkpoint(shapes_data, tmp_path, env):
+    out = tmp_path / "models"
+    spec = tiny_spec(shapes_data, out, train={"epochs": 12, "log_every_steps": 2},
+                     output={"dir": str(out), "checkpoint_every_steps": 4})
+    spec_path = write_spec(tmp_path, spec)
+    run_id = f"kill-{uuid.uuid4().hex[:6]}"
+    launcher = Launcher(spec_path, workers=2, max_restarts=1, run_id=run_id, env=env)
+    # Kill once a checkpoint exists (step 4) and the run is well under way.
+    launcher.wait_for_line(lambda line: (global_step(line) or 0) >= 10)
+    os.kill(worker_pid(run_id, 1), signal.SIGKILL)
+    assert launcher.wait() == 0, launcher.log()
+
+    log = launcher.log()
+    assert "restarting the group" in log
+    resumed = [line for line in log.splitlines() if "resumed from checkpoint" in line]
+    assert resumed, log
+    steps_resumed = {int(line.rsplit("at step ", 1)[1]) for line in resumed}
+    assert all(step > 0 for step in steps_resumed)
+    metrics = json.loads((out / run_id / "metrics.json").read_text())
+    assert metrics["steps"] == 12 * (180 // 16)
+    assert metrics["resumed_from_step"] in steps_resumed
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_retryable(shapes_data, tmp_path, env):
+    out = tmp_path / "models"
+    spec = tiny_spec(shapes_data, out, train={"epochs": 12, "log_every_steps": 2},
+                     output={"dir": str(out), "checkpoint_every_steps": 1000})
+    spec_path = write_spec(tmp_path, spec)
+    run_id = f"term-{uuid.uuid4().hex[:6]}"
+    launcher = Launcher(spec_path, workers=2, max_restarts=0, run_id=run_id, env=env)
+    launcher.wait_for_line(lambda line: (global_step(line) or 0) >= 6)
+    os.kill(worker_pid(run_id, 1), signal.SIGTERM)
+    assert launcher.wait() == 75, launcher.log()
+
+    log = launcher.log()
+    saved = [line for line in log.splitlines() if "checkpoint saved at step" in line]
+    assert saved, log
+    step = int(saved[0].split("checkpoint saved at step ", 1)[1].split(";")[0])
+    # Both workers stopped at the same step, and the chief's checkpoint for it is on disk.
+    assert {int(line.split("at step ", 1)[1].split(";")[0]) for line in saved} == {step}
+    assert (out / run_id / "checkpoints" / f"ckpt-{step}.index").exists()
+    assert not (out / run_id / "model.h5").exists()
