@@ -5,12 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= examples/shapes.yaml
-IMAGE ?= ghcr.io/example/trainjob:0.1.0
+IMAGE ?=
+DOCKER ?= docker
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint bench bench-smoke image push render submit clean
+.PHONY: help setup demo test lint image push render submit clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,31 +28,27 @@ demo: $(STAMP) ## Generate the sample data and train it locally; prints where mo
 	$(BIN)/trainjob demo --out $(DEMO_DIR)
 
 test: $(STAMP) ## Set up, then run the whole suite (lint, architecture rules, tests)
-	$(BIN)/ruff check job tests bench
+	$(BIN)/ruff check job tests
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Ruff and the import-linter architecture contracts
-	$(BIN)/ruff check job tests bench
+	$(BIN)/ruff check job tests
 	$(BIN)/lint-imports
 
-bench: $(STAMP) ## Run the benchmarks; writes bench/results.json and prints the table
-	$(BIN)/python -m bench
-
-bench-smoke: $(STAMP) ## The benchmarks in quick mode (numbers mean nothing; proves the code runs)
-	$(BIN)/python -m bench --quick
-
-image: ## Build the container image (IMAGE=...)
-	docker build -t $(IMAGE) .
+image: ## Build the container image (IMAGE=registry/you/trainjob:tag)
+	@test -n "$(IMAGE)" || { echo "make image: set IMAGE=registry.example.com/you/trainjob:0.1.0" >&2; exit 2; }
+	$(DOCKER) build -t "$(IMAGE)" .
 
 push: ## Push the container image (IMAGE=...)
-	docker push $(IMAGE)
+	@test -n "$(IMAGE)" || { echo "make push: set IMAGE=registry.example.com/you/trainjob:0.1.0" >&2; exit 2; }
+	$(DOCKER) push "$(IMAGE)"
 
 render: $(STAMP) ## Print the Kubernetes manifests for SPEC (IMAGE= overrides cluster.image)
-	$(BIN)/trainjob render $(SPEC) --image $(IMAGE)
+	$(BIN)/trainjob render $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 submit: $(STAMP) ## Submit SPEC to the cluster and watch it (IMAGE= overrides cluster.image)
-	$(BIN)/trainjob submit $(SPEC) --image $(IMAGE)
+	$(BIN)/trainjob submit $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 clean: ## Remove the venv, demo outputs and caches
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache bench/results.json

@@ -161,6 +161,8 @@ def _render(args: argparse.Namespace) -> int:
     spec = spec_module.load(args.spec)
     run_id = args.run_id or manifests.new_run_id(spec.name)
     docs = manifests.render_manifests(spec, run_id=run_id, image=args.image)
+    for warning in manifests.render_warnings(spec):
+        print(f"trainjob: warning: {warning}", file=sys.stderr)
     sys.stdout.write(manifests.to_yaml(docs))
     return EXIT_OK
 

@@ -374,8 +374,10 @@ def _cluster(r: _Reader, d: dict) -> ClusterSpec:
         queue=queue,
         max_restarts=r.integer(d, "cluster.max_restarts", 3, low=0, high=100),
         active_deadline_seconds=r.integer(d, "cluster.active_deadline_seconds", None, low=1),
-        ttl_seconds_after_finished=r.integer(d, "cluster.ttl_seconds_after_finished", 86400,
-                                             low=0),
+        # An explicit null keeps finished Jobs forever; a missing key means one day.
+        ttl_seconds_after_finished=(
+            None if "ttl_seconds_after_finished" in d and d["ttl_seconds_after_finished"] is None
+            else r.integer(d, "cluster.ttl_seconds_after_finished", 86400, low=0)),
         service_account=account,
         port=r.integer(d, "cluster.port", 2222, low=1, high=65535),
     )
