@@ -243,6 +243,12 @@ class FakeKube:
         with self._cond:
             return list(self._logs.get((namespace, pod), []))
 
+    def logs(self, namespace: str) -> dict[str, list[str]]:
+        """Every pod's log by pod name, deleted pods included (for failure messages)."""
+        with self._cond:
+            return {name: list(lines) for (ns, name), lines in self._logs.items()
+                    if ns == namespace}
+
     def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 30.0) -> None:
         """Block until ``predicate()`` holds after some change; fail the test on timeout."""
         deadline = time.monotonic() + timeout
