@@ -127,13 +127,21 @@ def test_two_workers_train_to_identical_weights(shapes_data, tmp_path, env):
     assert model.output_shape == (None, 4)
 
 
-def test_killed_worker_restarts_group_which_resumes_from_checkpoint(shapes_data, tmp_path, env):
+def start_long_run(data: Path, tmp_path: Path, env: dict[str, str], *, checkpoint_every: int,
+                   max_restarts: int) -> tuple[Launcher, Path, str]:
+    """Two workers on a 12-epoch run, long enough to interfere with; (launcher, out, run_id)."""
     out = tmp_path / "models"
-    spec = tiny_spec(shapes_data, out, train={"epochs": 12, "log_every_steps": 2},
-                     output={"dir": str(out), "checkpoint_every_steps": 4})
-    spec_path = write_spec(tmp_path, spec)
-    run_id = f"kill-{uuid.uuid4().hex[:6]}"
-    launcher = Launcher(spec_path, workers=2, max_restarts=1, run_id=run_id, env=env)
+    spec = tiny_spec(data, out, train={"epochs": 12, "log_every_steps": 2},
+                     output={"dir": str(out), "checkpoint_every_steps": checkpoint_every})
+    run_id = f"run-{uuid.uuid4().hex[:6]}"
+    launcher = Launcher(write_spec(tmp_path, spec), workers=2, max_restarts=max_restarts,
+                        run_id=run_id, env=env)
+    return launcher, out, run_id
+
+
+def test_killed_worker_restarts_group_which_resumes_from_checkpoint(shapes_data, tmp_path, env):
+    launcher, out, run_id = start_long_run(shapes_data, tmp_path, env, checkpoint_every=4,
+                                           max_restarts=1)
     # Kill once a checkpoint exists (step 4) and the run is well under way.
     launcher.wait_for_line(lambda line: (global_step(line) or 0) >= 10)
     os.kill(worker_pid(run_id, 1), signal.SIGKILL)
@@ -151,12 +159,9 @@ def test_killed_worker_restarts_group_which_resumes_from_checkpoint(shapes_data,
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_retryable(shapes_data, tmp_path, env):
-    out = tmp_path / "models"
-    spec = tiny_spec(shapes_data, out, train={"epochs": 12, "log_every_steps": 2},
-                     output={"dir": str(out), "checkpoint_every_steps": 1000})
-    spec_path = write_spec(tmp_path, spec)
-    run_id = f"term-{uuid.uuid4().hex[:6]}"
-    launcher = Launcher(spec_path, workers=2, max_restarts=0, run_id=run_id, env=env)
+    # Checkpoints only at epoch ends (and on SIGTERM): the preemption save is the one we see.
+    launcher, out, run_id = start_long_run(shapes_data, tmp_path, env, checkpoint_every=1000,
+                                           max_restarts=0)
     launcher.wait_for_line(lambda line: (global_step(line) or 0) >= 6)
     os.kill(worker_pid(run_id, 1), signal.SIGTERM)
     assert launcher.wait() == 75, launcher.log()
