@@ -174,3 +174,42 @@ def test_sigterm_saves_a_checkpoint_and_exits_retryable(shapes_data, tmp_path, e
     assert {int(line.split("at step ", 1)[1].split(";")[0]) for line in saved} == {step}
     assert (out / run_id / "checkpoints" / f"ckpt-{step}.index").exists()
     assert not (out / run_id / "model.h5").exists()
+
+
+def test_peers_of_a_dead_worker_exit_retryable_on_their_own(shapes_data, tmp_path, env):
+    """Without a launcher to stop it (as on Kubernetes), the chief notices the lost peer.
+
+    Both workers run as plain `trainjob train` processes with the environment a pod
+    gets; worker 1 is SIGKILLed mid-run and the chief must exit 75, not hang.
+    """
+    from job.launcher import free_ports, worker_command, worker_env
+
+    out = tmp_path / "models"
+    spec = tiny_spec(shapes_data, out, train={"epochs": 40, "log_every_steps": 2,
+                                              "collective_timeout_seconds": 60})
+    spec_path = write_spec(tmp_path, spec)
+    ports = free_ports(2)
+    command = worker_command(spec_path, run_id="orphaned", python=sys.executable)
+    chief_log = tmp_path / "chief.log"
+    with chief_log.open("w") as log:
+        chief = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                 env=worker_env(env, index=0, num_workers=2, ports=ports,
+                                                run_id="orphaned"))
+        peer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=worker_env(env, index=1, num_workers=2, ports=ports,
+                                               run_id="orphaned"))
+        try:
+            deadline = time.monotonic() + RUN_DEADLINE_SECONDS
+            while "(global 10/" not in chief_log.read_text():
+                assert chief.poll() is None, chief_log.read_text()
+                assert time.monotonic() < deadline, chief_log.read_text()
+                time.sleep(0.2)  # Polling a file for a condition, not timing the test.
+            peer.kill()
+            code = chief.wait(timeout=RUN_DEADLINE_SECONDS)
+        finally:
+            for process in (chief, peer):
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+    assert code == 75, chief_log.read_text()
+    assert "lost contact with a peer worker" in chief_log.read_text()
