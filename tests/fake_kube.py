@@ -11,7 +11,12 @@ podFailurePolicy, backoffLimit, successPolicy and podReplacementPolicy: Failed, 
 the Job's conditions and counts.
 Hooks for tests: ``forbid`` a verb on a resource, ``expire_next_watch`` (410 Gone, in the
 stream or as HTTP), ``drop_next_watch`` (the connection breaks mid-stream), ``tokens`` (401).
-Never touches: the code under test; it is stdlib only, so it fakes the edge and nothing else.
+RBAC mode (opt-in): ``enforce_rbac(Rbac.load())`` answers 403 to every request the bound
+Roles of k8s/rbac.yaml do not allow, mapping method, path and ``watch=true`` to the RBAC
+verb as the API server does; ``access`` records the (verb, group, resource) of every request,
+so a test can prove that the Role grants exactly what a client uses.
+Never touches: the code under test; it is stdlib only (PyYAML is imported only to read the
+RBAC files), so it fakes the edge and nothing else.
 
 Example:
     >>> with FakeKube(scenario={0: [Attempt(logs=("hello",))]}) as fake:   # doctest: +SKIP
@@ -44,6 +49,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+K8S_DIR = REPO_ROOT / "k8s"
+"""The kustomize base whose rbac.yaml the RBAC mode enforces."""
 TICK_SECONDS = 0.01
 """The controller's step: each pod advances one scripted state per tick."""
 TERMINAL = ("Succeeded", "Failed")
@@ -63,6 +70,11 @@ _KIND = {"namespaces": "Namespace", "pods": "Pod", "services": "Service",
          "configmaps": "ConfigMap", "persistentvolumeclaims": "PersistentVolumeClaim",
          "jobs": "Job"}
 _GROUP = {"jobs": "batch"}
+_VERBS = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}
+"""The RBAC verb of each write method; GET is get, list or watch (see ``_verb``)."""
+
+Permission = tuple[str, str, str]
+"""(verb, API group, resource) as RBAC names them, e.g. ("get", "", "pods/log")."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,87 @@ class Attempt:
 
 Scenario = Mapping[int, Sequence[Attempt]]
 """Per completion index, the attempts in order; the last one repeats."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One PolicyRule; an empty ``names`` means any object."""
+
+    verbs: frozenset[str]
+    groups: frozenset[str]
+    resources: frozenset[str]
+    names: frozenset[str]
+
+    def allows(self, verb: str, group: str, resource: str, name: str | None) -> bool:
+        # Like the real authorizer, resourceNames never matches a request without a name
+        # (create, or list and watch of a whole collection).
+        return (_matches(self.verbs, verb) and _matches(self.groups, group)
+                and _matches(self.resources, resource)
+                and (not self.names or name in self.names))
+
+
+@dataclass(frozen=True)
+class Rbac:
+    """The bound Roles and ClusterRoles of an RBAC file, as the API server applies them.
+
+    The fake's one user is taken to be a subject of every binding (that is what the cluster
+    admin sets up); a Role or ClusterRole that no binding references grants nothing.
+
+    Args:
+        namespace: where the Roles and RoleBindings live (kustomize puts them there).
+        namespaced_rules: rules granted in ``namespace`` only (through RoleBindings).
+        cluster_rules: rules granted everywhere (through ClusterRoleBindings).
+    """
+
+    namespace: str
+    namespaced_rules: tuple[_Rule, ...]
+    cluster_rules: tuple[_Rule, ...]
+
+    @classmethod
+    def load(cls, folder: Path = K8S_DIR) -> Rbac:
+        """Read ``rbac.yaml`` and the namespace from the ``kustomization.yaml`` beside it."""
+        import yaml
+
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        documents = [d for d in yaml.safe_load_all((folder / "rbac.yaml").read_text()) if d]
+        return cls.from_documents(documents, namespace=kustomization["namespace"])
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Mapping[str, Any]], *,
+                       namespace: str) -> Rbac:
+        roles = {(d["kind"], d["metadata"]["name"]): d for d in documents
+                 if d["kind"] in ("Role", "ClusterRole")}
+        namespaced: list[_Rule] = []
+        cluster: list[_Rule] = []
+        for binding in documents:
+            if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding") \
+                    or not binding.get("subjects"):
+                continue
+            ref = binding["roleRef"]
+            role = roles.get((ref["kind"], ref["name"]))
+            if role is None:  # a dangling roleRef grants nothing
+                continue
+            rules = [_Rule(verbs=frozenset(r["verbs"]), groups=frozenset(r["apiGroups"]),
+                           resources=frozenset(r["resources"]),
+                           names=frozenset(r.get("resourceNames") or ()))
+                     for r in role.get("rules") or []]
+            # A RoleBinding grants in its namespace, even a ClusterRole's rules.
+            (cluster if binding["kind"] == "ClusterRoleBinding" else namespaced).extend(rules)
+        return cls(namespace=namespace, namespaced_rules=tuple(namespaced),
+                   cluster_rules=tuple(cluster))
+
+    def allows(self, verb: str, group: str, resource: str, *, namespace: str,
+               name: str | None) -> bool:
+        """Whether a request is allowed; ``namespace`` is '' for cluster-scoped resources."""
+        rules = self.cluster_rules + (self.namespaced_rules if namespace == self.namespace
+                                      else ())
+        return any(rule.allows(verb, group, resource, name) for rule in rules)
+
+    def granted(self) -> set[Permission]:
+        """Every (verb, group, resource) some bound rule grants, wildcards as '*'."""
+        return {(verb, group, resource)
+                for rule in self.namespaced_rules + self.cluster_rules
+                for verb in rule.verbs for group in rule.groups for resource in rule.resources}
 
 
 @dataclass
@@ -130,6 +223,13 @@ class FakeKube:
         """Bearer tokens accepted; None accepts any request (401 tests set it)."""
         self.requests: list[tuple[str, str, str]] = []
         """(method, path, query) of every request, in order."""
+        self.access: list[Permission] = []
+        """(verb, group, resource) of every request for a resource we serve, in order,
+        refused ones included."""
+        self.refused: list[Permission] = []
+        """(verb, group, resource) of every request answered 403, in order."""
+        self.rbac: Rbac | None = None
+        """When set (``enforce_rbac``), requests it does not allow get 403."""
         self._cond = threading.Condition()
         self._objects: dict[tuple[str, str, str], dict] = {}
         self._events: list[tuple[int, str, str, str, dict]] = []
@@ -219,6 +319,14 @@ class FakeKube:
     def forbid(self, verb: str, resource: str) -> None:
         """Answer 403 to ``verb`` (get, list, watch, create, delete) on ``resource``."""
         self._hooks.forbidden.add((verb, resource))
+
+    def enforce_rbac(self, rbac: Rbac) -> None:
+        """From now on, answer 403 to every request ``rbac`` does not allow.
+
+        Example:
+            >>> fake.enforce_rbac(Rbac.load())   # doctest: +SKIP
+        """
+        self.rbac = rbac
 
     def expire_next_watch(self, resource: str, *, in_stream: bool = True) -> None:
         """The next watch of ``resource`` gets 410 Gone: an ERROR event, or an HTTP 410."""
@@ -608,16 +716,14 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             return self._status(404, "NotFound", f"the server could not find {url.path}")
         resource, namespace, name = route
-        watching = query.get("watch") in ("true", "1")
-        verb = {"GET": "watch" if watching else "get" if name else "list", "POST": "create",
-                "DELETE": "delete"}.get(method, method.lower())
-        if (verb, resource) in fake._hooks.forbidden:
-            api = f"{resource}.batch" if resource in _GROUP else resource
-            group = _GROUP.get(resource, "")
-            return self._status(403, "Forbidden",
-                                f'{api} is forbidden: User "alice" cannot {verb} resource '
-                                f'"{resource}" in API group "{group}" in the namespace '
-                                f'"{namespace}"', details={"kind": resource, "name": name})
+        verb = _verb(method, name=name, query=query)
+        group = _GROUP.get(resource, "")
+        fake.access.append((verb, group, resource))
+        if (verb, resource) in fake._hooks.forbidden or (
+                fake.rbac is not None and not fake.rbac.allows(
+                    verb, group, resource, namespace=namespace, name=name)):
+            fake.refused.append((verb, group, resource))
+            return self._forbidden(verb, group, resource, namespace, name)
         if resource == "pods/log":
             return self._log(namespace, name, query)
         if verb == "watch":
@@ -671,6 +777,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _status(self, code: int, reason: str, message: str, *,
                 details: Mapping[str, Any] | None = None) -> None:
         self._json(code, _status_object(code, reason, message, details))
+
+    def _forbidden(self, verb: str, group: str, resource: str, namespace: str,
+                   name: str | None) -> None:
+        # The real API server's wording, which the client parses for the user name.
+        kind, _, _ = resource.partition("/")
+        api = f"{kind}.{group}" if group else kind
+        what = f'{api} "{name}"' if name else api
+        where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+        self._status(403, "Forbidden",
+                     f'{what} is forbidden: User "alice" cannot {verb} resource "{resource}" '
+                     f'in API group "{group}" {where}',
+                     details={"kind": kind, "group": group or None, "name": name})
 
     def _start_stream(self, content_type: str) -> None:
         self.send_response(200)
@@ -790,6 +908,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --- pure helpers ----------------------------------------------------------------------
+def _verb(method: str, *, name: str | None, query: Mapping[str, str]) -> str:
+    """The RBAC verb of a request: GET on an item is get, on a collection list, or watch."""
+    if method == "GET":
+        return "watch" if query.get("watch") in ("true", "1") else "get" if name else "list"
+    return _VERBS.get(method, method.lower())
+
+
+def _matches(allowed: frozenset[str], value: str) -> bool:
+    return value in allowed or "*" in allowed
+
+
 def _route(path: str) -> tuple[str, str, str | None] | None:
     """(resource, namespace or '', name or None) for an API path we serve."""
     for pattern, fixed, namespaced in _ROUTES:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_kube import Attempt, FakeKube
+from fake_kube import Attempt, FakeKube, Rbac
 
 from job import cli
 from job import spec as spec_module
 from job.errors import EXIT_INTERRUPTED, ClusterError, JobFailed
 from job.submit import runs
-from job.submit.kube import Kube
+from job.submit.kube import Forbidden, Kube
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "ml"
@@ -78,11 +78,11 @@ def cluster() -> Iterator:
         fake.stop()
 
 
-def client(fake: FakeKube, **options) -> Kube:
+def client(fake: FakeKube, *, namespace: str = NAMESPACE, **options) -> Kube:
     """The real client, pointed at the fake, with short watches and quick reconnects."""
     options = {"watch_timeout_seconds": 5, "reconnect_delays_seconds": (0.0, 0.05, 0.1),
                **options}
-    return Kube(fake.configuration(), default_namespace=NAMESPACE, **options)
+    return Kube(fake.configuration(), default_namespace=namespace, **options)
 
 
 def submit(spec, fake: FakeKube, **options) -> tuple[int, list[str]]:
@@ -113,8 +113,8 @@ def assert_no_line_twice_in_a_row(lines: list[str]) -> None:
     assert not repeats, repeats
 
 
-def run_objects(fake: FakeKube) -> dict[str, list[str]]:
-    return {resource: sorted(o["metadata"]["name"] for o in fake.objects(resource, NAMESPACE))
+def run_objects(fake: FakeKube, namespace: str = NAMESPACE) -> dict[str, list[str]]:
+    return {resource: sorted(o["metadata"]["name"] for o in fake.objects(resource, namespace))
             for resource in ("configmaps", "services", "jobs", "pods")}
 
 
@@ -370,6 +370,71 @@ def test_list_says_so_when_there_are_no_runs(cluster):
     out = io.StringIO()
     assert runs.list_runs(namespace="default", out=out, kube=client(cluster())) == 0
     assert out.getvalue() == "no trainjob runs in namespace 'default'\n"
+
+
+# --- RBAC: k8s/rbac.yaml grants exactly what the commands use -------------------------------
+def rbac_cluster(cluster, rbac: Rbac, scenario) -> FakeKube:
+    """A fake cluster prepared as `kubectl apply -k k8s/` leaves it, enforcing its RBAC."""
+    fake = cluster(scenario, pvcs=[(rbac.namespace, "trainjob-models"),
+                                   (rbac.namespace, "trainjob-data")])
+    fake.add_namespace(rbac.namespace)
+    fake.enforce_rbac(rbac)
+    return fake
+
+
+def test_rbac_role_grants_exactly_what_the_submitter_uses(spec_path, cluster):
+    # Every command succeeds as a user bound only by k8s/rbac.yaml, and together they use
+    # every grant: so the Role lacks nothing and grants nothing unused.
+    rbac = Rbac.load()
+    spec = spec_module.from_dict(spec_dict(namespace=rbac.namespace), base_dir=spec_path.parent)
+    good = rbac_cluster(cluster, rbac, {0: [Attempt(logs=("epoch 1", "done"))], 1: [Attempt()]})
+    kube = client(good, namespace=rbac.namespace)
+
+    code, lines = submit(spec, good, kube=kube)
+    assert code == 0
+    assert "[worker 0] done" in lines and lines[-1].startswith("model: ")
+    out = io.StringIO()
+    assert runs.status(RUN, out=out, kube=kube) == 0
+    assert "state:   succeeded" in out.getvalue()
+    out = io.StringIO()
+    assert runs.list_runs(out=out, kube=kube) == 0
+    assert RUN in out.getvalue()
+    for follow in (False, True):
+        out = io.StringIO()
+        assert runs.logs(RUN, follow=follow, out=out, kube=kube) == 0
+        assert out.getvalue() == "epoch 1\ndone\n"
+    assert runs.cancel(RUN, out=io.StringIO(), kube=kube) == 0
+    assert run_objects(good, rbac.namespace) == NOTHING
+
+    bad = rbac_cluster(cluster, rbac, {0: [Attempt(hold=True)],
+                                       1: [Attempt(exit_code=2, logs=("SpecError: no data",))]})
+    with pytest.raises(JobFailed, match="worker 1 exited"):
+        submit(spec, bad, kube=client(bad, namespace=rbac.namespace),
+               out=(out := io.StringIO()))
+    assert "[worker 1] SpecError: no data" in out.getvalue().splitlines()  # the log tail
+
+    assert good.refused == bad.refused == []
+    used, granted = set(good.access) | set(bad.access), rbac.granted()
+    assert sorted(granted - used) == [], "granted by k8s/rbac.yaml but never used"
+    assert sorted(used - granted) == [], "used but granted only through a wildcard"
+
+
+def test_rbac_mode_refuses_what_the_role_does_not_grant(cluster):
+    # Guards the test above against an enforcement that allows everything.
+    rbac = Rbac.load()
+    fake = rbac_cluster(cluster, rbac, None)
+    kube = client(fake, namespace=rbac.namespace)
+
+    with pytest.raises(Forbidden, match=f"^forbidden: user 'alice' cannot get pods in "
+                                        f"namespace '{rbac.namespace}'"):
+        kube.get(rbac.namespace, "Pod", "any")  # pods are listed and watched, never read
+    with pytest.raises(Forbidden, match="cannot list jobs.batch in namespace 'ml'"):
+        kube.list(NAMESPACE, "Job", selector="x")  # the Role is bound in its namespace only
+    assert kube.namespace_exists(rbac.namespace) is True
+    assert kube.namespace_exists(NAMESPACE) is None  # resourceNames: only its own namespace
+
+    assert fake.refused == [("get", "", "pods"), ("list", "batch", "jobs"),
+                            ("get", "", "namespaces")]
 
 
 # --- the CLI, with a kubeconfig file --------------------------------------------------------
