@@ -145,7 +145,12 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
         optimizer = _make_optimizer(keras, spec)
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # Dropout and augmentation draw from SeedGenerator states, which a checkpoint of
+        # the model alone misses: without them a resumed run draws other random masks.
+        weights = {id(v) for v in model.weights}
+        random_states = [v for v in model.variables if id(v) not in weights]
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                         random_states=random_states)
 
     start_step = _restore(tf, checkpoint, run.shared_checkpoints, log=log, worker_tag=worker_tag)
     manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints),
