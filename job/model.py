@@ -11,10 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from job.errors import SpecError
 from job.spec import AugmentSpec
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+"""ImageNet channel means the VGG16 and ResNet50 weights were trained with (BGR order)."""
+
+
+def _caffe(x):
+    # RGB -> BGR and mean subtraction as one fixed 1x1 projection.
+    return layers.Dense(3, trainable=False, dtype="float32", name="preprocess",
+                        kernel_initializer=keras.initializers.Constant(np.eye(3)[::-1]),
+                        bias_initializer=keras.initializers.Constant(
+                            [-m for m in _CAFFE_MEAN_BGR]))(x)
+
+
+_PREPROCESS = {
+    "vgg16": _caffe,
+    "resnet": _caffe,
+    # Scale to [-1, 1].
+    "mobilenet_v2": lambda x: layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32",
+                                               name="preprocess")(x),
+    # EfficientNet rescales inside the backbone itself.
+    "efficientnet": lambda x: x,
+}
 
 _APPLICATIONS = {
     "vgg16": ("VGG16", "vgg16"),
@@ -113,9 +136,9 @@ def _application(x, *, backbone: str, input_shape: tuple[int, int, int]):
     if channels != 3:
         raise SpecError(f"data.color_mode=grayscale does not fit model.backbone={backbone}, "
                         "which expects 3 channels; use color_mode: rgb or backbone: small_cnn.")
-    module = getattr(keras.applications, module_name)
-    # Each backbone has its own input convention (caffe BGR, [-1, 1], ...): use its own.
-    x = module.preprocess_input(x)
+    # Each backbone has its own input convention. Built from plain layers, not
+    # preprocess_input (whose ops model.h5 cannot reload), computing the same thing.
+    x = _PREPROCESS[module_name](x)
     constructor = getattr(keras.applications, class_name)
     base = constructor(include_top=False, weights=None, input_shape=input_shape, pooling="avg")
     return base(x), base

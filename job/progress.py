@@ -29,12 +29,19 @@ class Progress:
         self.enabled = enabled
         self._last_draw = 0.0
         self._bar_open = False
+        self._last_step = 0
 
     def step(self, *, step: int, epoch: int, loss: float, accuracy: float,
-             images_per_second: float) -> None:
-        """Report that global ``step`` finished, with running epoch averages."""
+             images_per_second: float) -> bool:
+        """Report that steps up to global ``step`` finished, with running epoch averages.
+
+        Steps arrive in chunks, so a line is due when a multiple of ``every`` was
+        crossed since the last report. Returns whether one was (summaries follow it).
+        """
+        crossed = step // self.every > self._last_step // self.every
+        self._last_step = step
         if not self.enabled:
-            return
+            return crossed
         in_epoch = (step - 1) % self.steps_per_epoch + 1
         text = (f"epoch {epoch + 1} step {in_epoch}/{self.steps_per_epoch} "
                 f"(global {step}/{self.total_steps}) loss {loss:.4f} accuracy {accuracy:.4f} "
@@ -42,16 +49,17 @@ class Progress:
         if self.tty:
             now = time.monotonic()
             if now - self._last_draw < REFRESH_SECONDS and in_epoch != self.steps_per_epoch:
-                return
+                return crossed
             self._last_draw = now
             done = int(BAR_WIDTH * in_epoch / self.steps_per_epoch)
             bar = "=" * done + "." * (BAR_WIDTH - done)
             self.out.write(f"\r[{bar}] {text}\x1b[K")
             self.out.flush()
             self._bar_open = True
-        elif step % self.every == 0 or in_epoch == self.steps_per_epoch:
+        elif crossed or in_epoch == self.steps_per_epoch:
             self.out.write(text + "\n")
             self.out.flush()
+        return crossed
 
     def line(self, text: str) -> None:
         """Print a whole line (ends an open progress bar first)."""

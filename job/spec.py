@@ -72,7 +72,7 @@ class DataSpec:
     cache: str = "auto"
     """auto: decoded images in memory when they fit under cache_memory_mb, else on disk."""
     cache_dir: Path | None = None
-    """Where the disk cache lives; None: <output.dir>/.cache (shared by runs on one volume)."""
+    """Where the disk cache lives; None: $TMPDIR/trainjob-cache, on the worker's own disk."""
     cache_memory_mb: int = 2048
     """MiB of decoded uint8 pixels kept in memory before the cache moves to disk."""
     decode_workers: int = 0
@@ -108,6 +108,9 @@ class TrainSpec:
     """Steps between progress lines when stdout is not a terminal."""
     collective_timeout_seconds: int = 300
     """Seconds a worker waits on a lost peer before exiting retryably, instead of hanging."""
+    steps_per_call: int = 8
+    """Steps run inside one tf.function call: fewer Python round trips per step. SIGTERM
+    and progress lines are handled between calls, so keep it small."""
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ def _train(r: _Reader, d: dict) -> TrainSpec:
         log_every_steps=r.integer(d, "train.log_every_steps", 20, low=1),
         collective_timeout_seconds=r.integer(d, "train.collective_timeout_seconds", 300,
                                              low=5, high=86400),
+        steps_per_call=r.integer(d, "train.steps_per_call", 8, low=1, high=1000),
     )
 
 

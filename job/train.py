@@ -157,7 +157,7 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
                                          max_to_keep=spec.output.keep_checkpoints,
                                          checkpoint_name=CHECKPOINT_NAME)
 
-    train_step = _make_train_step(tf, keras, strategy, model, optimizer, loss_fn,
+    train_steps = _make_train_steps(tf, keras, strategy, model, optimizer, loss_fn,
                                   global_batch=spec.train.global_batch_size)
     eval_step = _make_eval_step(tf, keras, strategy, model, loss_fn)
     sync_statistics = _make_statistics_sync(tf, strategy, model)
@@ -194,16 +194,21 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
             epoch_started = time.perf_counter()
             epoch_first_step = step
             while step < (epoch + 1) * steps_per_epoch:
-                sums = train_step(train_iterator, preemption.tensor(tf)).numpy().tolist()
-                step += 1
+                # Several steps per call, but never past an epoch end or a checkpoint.
+                to_checkpoint = (spec.output.checkpoint_every_steps
+                                 - step % spec.output.checkpoint_every_steps)
+                chunk = min(spec.train.steps_per_call, (epoch + 1) * steps_per_epoch - step,
+                            to_checkpoint)
+                sums = train_steps(train_iterator, tf.constant(chunk, "int32"),
+                                   preemption.tensor(tf)).numpy().tolist()
+                step += chunk
                 epoch_sums = [a + b for a, b in zip(epoch_sums, sums[:3])]
                 elapsed = time.perf_counter() - epoch_started
                 rate = (step - epoch_first_step) * spec.train.global_batch_size / max(elapsed,
                                                                                       1e-9)
                 loss, accuracy = epoch_sums[0] / epoch_sums[2], epoch_sums[1] / epoch_sums[2]
-                progress.step(step=step, epoch=epoch, loss=loss, accuracy=accuracy,
-                              images_per_second=rate)
-                if step % spec.train.log_every_steps == 0:
+                if progress.step(step=step, epoch=epoch, loss=loss, accuracy=accuracy,
+                                 images_per_second=rate):
                     with writer.as_default(step=step):
                         tf.summary.scalar("train/loss", loss)
                         tf.summary.scalar("train/accuracy", accuracy)
@@ -350,7 +355,7 @@ def _make_optimizer(keras, spec: Spec):
     return optimizer
 
 
-def _make_train_step(tf, keras, strategy, model, optimizer, loss_fn, *, global_batch: int):
+def _make_train_steps(tf, keras, strategy, model, optimizer, loss_fn, *, global_batch: int):
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(images, labels, preempted):
@@ -368,13 +373,18 @@ def _make_train_step(tf, keras, strategy, model, optimizer, loss_fn, *, global_b
                          tf.cast(tf.size(labels), "float32"), preempted])
 
     @tf.function
-    def train_step(iterator, preempted):
-        images, labels = next(iterator)
-        sums = strategy.run(replica_step, args=(images, labels, preempted))
-        # One small all-reduce carries the step's statistics and every worker's SIGTERM flag.
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+    def train_steps(iterator, num_steps, preempted):
+        # A loop inside one tf.function call: no Python round trip between steps.
+        totals = tf.zeros([4])
+        for _ in tf.range(num_steps):
+            images, labels = next(iterator)
+            sums = strategy.run(replica_step, args=(images, labels, preempted))
+            # One small all-reduce carries the step's statistics and every worker's SIGTERM
+            # flag, so all workers agree on when to stop.
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+        return totals
 
-    return train_step
+    return train_steps
 
 
 def _make_eval_step(tf, keras, strategy, model, loss_fn):

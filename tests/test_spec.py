@@ -47,6 +47,7 @@ BAD_SPECS = [
     (_with("train.optimizer", "lion"), "train.optimizer"),
     (_with("train.learning_rate", 0), "train.learning_rate"),
     (_with("train.mixed_precision", "yes"), "train.mixed_precision"),
+    (_with("train.steps_per_call", 0), "train.steps_per_call"),
     (_with("output.checkpoint_every_steps", 0), "output.checkpoint_every_steps"),
     ({**GOOD, "train": {"global_batch_size": 100}, "cluster": {"workers": 3}},
      "train.global_batch_size"),
