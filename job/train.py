@@ -108,18 +108,119 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
     # MultiWorkerMirroredStrategy's runtime takes SIGTERM over at start-up (its own
     # preemption notifier); take it back so SIGTERM reaches the flag the loop shares.
     preemption.reinstall()
-    num_replicas = strategy.num_replicas_in_sync
-    local_replicas = max(1, num_replicas // cluster.num_workers)
-    if spec.train.global_batch_size % num_replicas:
-        raise SpecError(f"train.global_batch_size={spec.train.global_batch_size} is not "
-                        f"divisible by the {num_replicas} replicas; use a multiple of "
-                        f"{num_replicas}.")
-    replica_batch = spec.train.global_batch_size // num_replicas
-    worker_tag = f"worker {cluster.index}/{cluster.num_workers}"
-    log(f"{worker_tag}: run {run_id}: {len(splits.train)} train, {len(splits.val)} validation"
-        + (f", {len(splits.test)} test" if splits.test is not None else "")
-        + f" images in {len(splits.class_names)} classes; {num_replicas} replica(s), "
-        f"batch {spec.train.global_batch_size} ({replica_batch} per replica)")
+    plan = _Plan.make(spec, strategy=strategy, cluster=cluster, num_train=len(splits.train))
+    tag = f"worker {cluster.index}/{cluster.num_workers}"
+    log(f"{tag}: run {run_id}: {_describe_splits(splits)}; {plan.num_replicas} replica(s), "
+        f"batch {spec.train.global_batch_size} ({plan.replica_batch} per replica)")
+
+    shards, decoded = _decode_shards(spec, splits, cluster=cluster, env=env)
+    preemption.raise_if_set()
+    model, loop = _build(tf, keras, strategy, spec, plan=plan,
+                         num_classes=len(splits.class_names), run=run, out=out)
+    start_step = _restore(tf, loop.checkpoint, run.shared_checkpoints, log=log, tag=tag)
+    evaluate = _evaluator(strategy, loop, decoded, splits=splits, plan=plan, cluster=cluster)
+    train_iterator = iter(strategy.distribute_datasets_from_function(
+        lambda _: data.train_batches(
+            decoded["train"], batch_size=plan.replica_batch,
+            start_batch=start_step * plan.local_replicas,
+            num_batches=(plan.total_steps - start_step) * plan.local_replicas,
+            seed=spec.train.seed, worker=cluster.index)))
+
+    try:
+        trained = _train_epochs(tf, spec, plan=plan, loop=loop, iterator=train_iterator,
+                                evaluate=evaluate, start_step=start_step, run=run,
+                                preemption=preemption, tag=tag)
+    except tf.errors.OpError as error:
+        if cluster.is_multi_worker and isinstance(error, _peer_errors(tf)):
+            raise RetryableError(f"lost contact with a peer worker ({type(error).__name__}); "
+                                 "restart the group to resume from the last checkpoint") from None
+        raise
+
+    test_metrics = {}
+    if "test" in decoded:
+        test_loss, test_accuracy = evaluate("test")
+        test_metrics = {"test_loss": test_loss, "test_accuracy": test_accuracy}
+        loop.progress.line(f"test: loss {test_loss:.4f} accuracy {test_accuracy:.4f}")
+    bad = _gather_bad_files(tf, strategy, splits, shards, decoded, plan.local_replicas)
+    metrics = {
+        **trained.final, **test_metrics,
+        "epochs": spec.train.epochs, "steps": trained.step,
+        "steps_per_epoch": plan.steps_per_epoch, "resumed_from_step": start_step,
+        "images_per_second": trained.images_per_second,
+        "workers": cluster.num_workers, "replicas": plan.num_replicas,
+        "global_batch_size": spec.train.global_batch_size,
+        "duration_seconds": time.time() - started,
+        "skipped_images": len(bad), "skipped_files": [{"path": p, "reason": r} for p, r in bad],
+        "classes": list(splits.class_names),
+        "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
+        "python_version": platform.python_version(), "run_id": run_id,
+    }
+    _export(run, model, metrics=metrics, spec=spec, class_names=splits.class_names, log=log,
+            tag=tag)
+    return Result(metrics=metrics, run_dir=run.shared)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the global batch and the steps divide over this run's replicas."""
+
+    num_replicas: int
+    local_replicas: int
+    """Replicas in this worker (GPUs); each gets its own per-replica batches."""
+    replica_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    input_shape: tuple[int, int, int]
+
+    @classmethod
+    def make(cls, spec: Spec, *, strategy, cluster, num_train: int) -> _Plan:
+        from job import data
+
+        num_replicas = strategy.num_replicas_in_sync
+        if spec.train.global_batch_size % num_replicas:
+            raise SpecError(f"train.global_batch_size={spec.train.global_batch_size} is not "
+                            f"divisible by the {num_replicas} replicas; use a multiple of "
+                            f"{num_replicas}.")
+        steps_per_epoch = data.steps_per_epoch(num_train, spec.train.global_batch_size)
+        height, width = spec.data.image_size
+        return cls(num_replicas=num_replicas,
+                   local_replicas=max(1, num_replicas // cluster.num_workers),
+                   replica_batch=spec.train.global_batch_size // num_replicas,
+                   steps_per_epoch=steps_per_epoch,
+                   total_steps=steps_per_epoch * spec.train.epochs,
+                   input_shape=(height, width, 3 if spec.data.color_mode == "rgb" else 1))
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What the epoch loop drives: compiled steps, checkpoints, summaries and progress."""
+
+    train_steps: Any
+    eval_step: Any
+    sync_statistics: Any
+    checkpoint: Any
+    manager: Any
+    writer: Any
+    progress: Any
+
+
+@dataclass(frozen=True)
+class _Trained:
+    step: int
+    final: dict[str, Any]
+    """The last epoch's train/val loss and accuracy, as metrics.json reports them."""
+    images_per_second: float | None
+
+
+def _describe_splits(splits) -> str:
+    test = f", {len(splits.test)} test" if splits.test is not None else ""
+    return (f"{len(splits.train)} train, {len(splits.val)} validation{test} images in "
+            f"{len(splits.class_names)} classes")
+
+
+def _decode_shards(spec: Spec, splits, *, cluster, env: Mapping[str, str]):
+    """This worker's shard of every split, decoded (through the cache) before training."""
+    from job import data
 
     cache_dir = spec.data.cache_dir or Path(env.get("TMPDIR", "/tmp")) / "trainjob-cache"
     shards = {name: data.shard(items, index=cluster.index, num_workers=cluster.num_workers)
@@ -128,20 +229,20 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
     decoded = {name: data.decode(items, spec=spec.data, cache_dir=cache_dir,
                                  workers=spec.data.decode_workers)
                for name, items in shards.items()}
-    preemption.raise_if_set(before_training=True)
+    return shards, decoded
 
-    steps_per_epoch = data.steps_per_epoch(len(splits.train), spec.train.global_batch_size)
-    total_steps = steps_per_epoch * spec.train.epochs
-    height, width = spec.data.image_size
-    channels = 3 if spec.data.color_mode == "rgb" else 1
 
+def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, run,
+           out) -> tuple[Any, _Loop]:
+    """Create every variable under the strategy's scope, and the functions that use them."""
     from job.model import build_model
+    from job.progress import Progress
 
     with strategy.scope():
-        model = build_model(input_shape=(height, width, channels),
-                            num_classes=len(splits.class_names), backbone=spec.model.backbone,
-                            weights=spec.model.weights, dropout=spec.model.dropout,
-                            augment=spec.model.augment, seed=spec.train.seed)
+        model = build_model(input_shape=plan.input_shape, num_classes=num_classes,
+                            backbone=spec.model.backbone, weights=spec.model.weights,
+                            dropout=spec.model.dropout, augment=spec.model.augment,
+                            seed=spec.train.seed)
         optimizer = _make_optimizer(keras, spec)
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
@@ -151,156 +252,132 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
         random_states = [v for v in model.variables if id(v) not in weights]
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                          random_states=random_states)
+    is_chief = run.is_chief
+    return model, _Loop(
+        train_steps=_make_train_steps(tf, keras, strategy, model, optimizer, loss_fn,
+                                      global_batch=spec.train.global_batch_size),
+        eval_step=_make_eval_step(tf, keras, strategy, model, loss_fn),
+        sync_statistics=_make_statistics_sync(tf, strategy, model),
+        checkpoint=checkpoint,
+        manager=tf.train.CheckpointManager(checkpoint, str(run.checkpoints),
+                                           max_to_keep=spec.output.keep_checkpoints,
+                                           checkpoint_name=CHECKPOINT_NAME),
+        writer=(tf.summary.create_file_writer(str(run.logs)) if is_chief
+                else tf.summary.create_noop_writer()),
+        progress=Progress(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
+                          every=spec.train.log_every_steps, out=out, enabled=is_chief),
+    )
 
-    start_step = _restore(tf, checkpoint, run.shared_checkpoints, log=log, worker_tag=worker_tag)
-    manager = tf.train.CheckpointManager(checkpoint, str(run.checkpoints),
-                                         max_to_keep=spec.output.keep_checkpoints,
-                                         checkpoint_name=CHECKPOINT_NAME)
 
-    train_steps = _make_train_steps(tf, keras, strategy, model, optimizer, loss_fn,
-                                  global_batch=spec.train.global_batch_size)
-    eval_step = _make_eval_step(tf, keras, strategy, model, loss_fn)
-    sync_statistics = _make_statistics_sync(tf, strategy, model)
+def _evaluator(strategy, loop: _Loop, decoded, *, splits, plan: _Plan, cluster):
+    """``evaluate(name) -> (loss, accuracy)`` over the whole split, across all workers."""
+    from job import data
 
-    def eval_iterator(name: str):
-        steps = data.eval_batch_count(len(getattr(splits, name)), num_workers=cluster.num_workers,
-                                      batch_size=replica_batch * local_replicas)
-        dataset = strategy.distribute_datasets_from_function(
-            lambda _: data.eval_batches(decoded[name], batch_size=replica_batch,
-                                        num_batches=steps * local_replicas))
-        return dataset, steps
+    datasets = {}
 
-    val_dataset, val_steps = eval_iterator("val")
-    train_dataset = strategy.distribute_datasets_from_function(
-        lambda _: data.train_batches(decoded["train"], batch_size=replica_batch,
-                                     start_batch=start_step * local_replicas,
-                                     num_batches=(total_steps - start_step) * local_replicas,
-                                     seed=spec.train.seed, worker=cluster.index))
-    train_iterator = iter(train_dataset)
+    def evaluate(name: str) -> tuple[float, float]:
+        if name not in datasets:
+            steps = data.eval_batch_count(len(getattr(splits, name)),
+                                          num_workers=cluster.num_workers,
+                                          batch_size=plan.replica_batch * plan.local_replicas)
+            datasets[name] = steps, strategy.distribute_datasets_from_function(
+                lambda _: data.eval_batches(decoded[name], batch_size=plan.replica_batch,
+                                            num_batches=steps * plan.local_replicas))
+        steps, dataset = datasets[name]
+        return _evaluate(loop.eval_step, dataset, steps)
 
-    writer = (tf.summary.create_file_writer(str(run.logs)) if cluster.is_chief
-              else tf.summary.create_noop_writer())
-    progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                        every=spec.train.log_every_steps, out=out, enabled=cluster.is_chief)
-    history = [row for row in run.read_history()
-               if int(row.get("step") or 0) <= start_step] if cluster.is_chief else []
-    step = start_step
-    train_seconds = 0.0
-    images_trained = 0
-    epoch_stats = None
-    try:
-        for epoch in range(start_step // steps_per_epoch, spec.train.epochs):
-            epoch_sums = [0.0, 0.0, 0.0]
-            epoch_started = time.perf_counter()
-            epoch_first_step = step
-            while step < (epoch + 1) * steps_per_epoch:
-                # Several steps per call, but never past an epoch end or a checkpoint.
-                to_checkpoint = (spec.output.checkpoint_every_steps
-                                 - step % spec.output.checkpoint_every_steps)
-                chunk = min(spec.train.steps_per_call, (epoch + 1) * steps_per_epoch - step,
-                            to_checkpoint)
-                sums = train_steps(train_iterator, tf.constant(chunk, "int32"),
-                                   preemption.tensor(tf)).numpy().tolist()
-                step += chunk
-                epoch_sums = [a + b for a, b in zip(epoch_sums, sums[:3])]
-                elapsed = time.perf_counter() - epoch_started
-                rate = (step - epoch_first_step) * spec.train.global_batch_size / max(elapsed,
-                                                                                      1e-9)
-                loss, accuracy = epoch_sums[0] / epoch_sums[2], epoch_sums[1] / epoch_sums[2]
-                if progress.step(step=step, epoch=epoch, loss=loss, accuracy=accuracy,
-                                 images_per_second=rate):
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("train/loss", loss)
-                        tf.summary.scalar("train/accuracy", accuracy)
-                        tf.summary.scalar("train/images_per_second", rate)
-                if sums[3] > 0:
-                    with preemption.saving():
-                        _save(manager, step)
-                    progress.line(f"{worker_tag}: preempted (SIGTERM): checkpoint saved at step "
-                                  f"{step}; exiting to be restarted")
-                    raise Preempted(f"preempted (SIGTERM): checkpoint saved at step {step}; "
-                                    "restart the group to resume")
-                if step % spec.output.checkpoint_every_steps == 0:
-                    _save(manager, step)
-            epoch_seconds = time.perf_counter() - epoch_started
-            train_seconds += epoch_seconds
-            images_trained += (step - epoch_first_step) * spec.train.global_batch_size
-            sync_statistics()
-            val_loss, val_accuracy = _evaluate(eval_step, val_dataset, val_steps)
-            if step % spec.output.checkpoint_every_steps:
-                _save(manager, step)  # Every epoch end is a checkpoint too.
-            epoch_stats = {
-                "epoch": epoch + 1, "step": step,
-                "train_loss": epoch_sums[0] / epoch_sums[2],
-                "train_accuracy": epoch_sums[1] / epoch_sums[2],
-                "val_loss": val_loss, "val_accuracy": val_accuracy,
-                "images_per_second": (step - epoch_first_step) * spec.train.global_batch_size
-                / max(epoch_seconds, 1e-9),
-                "seconds": epoch_seconds,
-            }
-            with writer.as_default(step=step):
-                tf.summary.scalar("val/loss", val_loss)
-                tf.summary.scalar("val/accuracy", val_accuracy)
-            writer.flush()
-            progress.line(f"epoch {epoch + 1}/{spec.train.epochs}: loss "
-                          f"{epoch_stats['train_loss']:.4f} accuracy "
-                          f"{epoch_stats['train_accuracy']:.4f} val_loss {val_loss:.4f} "
-                          f"val_accuracy {val_accuracy:.4f} "
-                          f"({epoch_stats['images_per_second']:.0f} images/s)")
-            if cluster.is_chief:
-                history.append(epoch_stats)
-                run.write_history(history)
-    except tf.errors.OpError as error:
-        if cluster.is_multi_worker and isinstance(error, _peer_errors(tf)):
-            raise RetryableError(f"lost contact with a peer worker at step {step} "
-                                 f"({type(error).__name__}); restart the group to resume from "
-                                 "the last checkpoint") from None
-        raise
+    return evaluate
 
-    if epoch_stats is None:
+
+def _train_epochs(tf, spec: Spec, *, plan: _Plan, loop: _Loop, iterator, evaluate,
+                  start_step: int, run, preemption, tag: str) -> _Trained:
+    """Train from ``start_step`` to the last epoch, validating and checkpointing each."""
+    history = ([row for row in run.read_history() if int(row.get("step") or 0) <= start_step]
+               if run.is_chief else [])
+    step, seconds, images, final = start_step, 0.0, 0, None
+    for epoch in range(start_step // plan.steps_per_epoch, spec.train.epochs):
+        first_step, started = step, time.perf_counter()
+        sums = [0.0, 0.0, 0.0]
+        while step < (epoch + 1) * plan.steps_per_epoch:
+            # Several steps per call, but never past an epoch end or a checkpoint.
+            every = spec.output.checkpoint_every_steps
+            chunk = min(spec.train.steps_per_call, (epoch + 1) * plan.steps_per_epoch - step,
+                        every - step % every)
+            result = loop.train_steps(iterator, tf.constant(chunk, "int32"),
+                                      preemption.tensor(tf)).numpy().tolist()
+            step += chunk
+            sums = [a + b for a, b in zip(sums, result[:3])]
+            rate = ((step - first_step) * spec.train.global_batch_size
+                    / max(time.perf_counter() - started, 1e-9))
+            if loop.progress.step(step=step, epoch=epoch, loss=sums[0] / sums[2],
+                                  accuracy=sums[1] / sums[2], images_per_second=rate):
+                _summaries(tf, loop.writer, step, {"train/loss": sums[0] / sums[2],
+                                                   "train/accuracy": sums[1] / sums[2],
+                                                   "train/images_per_second": rate})
+            if result[3] > 0:
+                with preemption.saving():
+                    loop.manager.save(checkpoint_number=step)
+                loop.progress.line(f"{tag}: preempted (SIGTERM): checkpoint saved at step "
+                                   f"{step}; exiting to be restarted")
+                raise Preempted(f"preempted (SIGTERM): checkpoint saved at step {step}; "
+                                "restart the group to resume")
+            if step % every == 0:
+                loop.manager.save(checkpoint_number=step)
+        epoch_seconds = time.perf_counter() - started
+        seconds += epoch_seconds
+        images += (step - first_step) * spec.train.global_batch_size
+        loop.sync_statistics()
+        val_loss, val_accuracy = evaluate("val")
+        if step % spec.output.checkpoint_every_steps:
+            loop.manager.save(checkpoint_number=step)  # Every epoch end is a checkpoint too.
+        row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0] / sums[2],
+               "train_accuracy": sums[1] / sums[2], "val_loss": val_loss,
+               "val_accuracy": val_accuracy,
+               "images_per_second": (step - first_step) * spec.train.global_batch_size
+               / max(epoch_seconds, 1e-9), "seconds": epoch_seconds}
+        _summaries(tf, loop.writer, step, {"val/loss": val_loss, "val/accuracy": val_accuracy})
+        loop.progress.line(f"epoch {epoch + 1}/{spec.train.epochs}: loss {row['train_loss']:.4f} "
+                           f"accuracy {row['train_accuracy']:.4f} val_loss {val_loss:.4f} "
+                           f"val_accuracy {val_accuracy:.4f} "
+                           f"({row['images_per_second']:.0f} images/s)")
+        if run.is_chief:
+            history.append(row)
+            run.write_history(history)
+        final = {k: row[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+    if final is None:
         # Restarted after the last step: nothing to train, but the outputs are re-derived.
-        val_loss, val_accuracy = _evaluate(eval_step, val_dataset, val_steps)
-        epoch_stats = {"train_loss": None, "train_accuracy": None, "val_loss": val_loss,
-                       "val_accuracy": val_accuracy}
-    test_metrics = {}
-    if "test" in decoded:
-        test_dataset, test_steps = eval_iterator("test")
-        test_loss, test_accuracy = _evaluate(eval_step, test_dataset, test_steps)
-        test_metrics = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-        progress.line(f"test: loss {test_loss:.4f} accuracy {test_accuracy:.4f}")
-    bad = _gather_bad_files(tf, strategy, splits, shards, decoded, local_replicas)
+        val_loss, val_accuracy = evaluate("val")
+        final = {"train_loss": None, "train_accuracy": None, "val_loss": val_loss,
+                 "val_accuracy": val_accuracy}
+    return _Trained(step=step, final=final, images_per_second=images / seconds if seconds
+                    else None)
 
-    weights_digest = _weights_sha256(model)
+
+def _summaries(tf, writer, step: int, scalars: dict[str, float]) -> None:
+    with writer.as_default(step=step):
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)
+    writer.flush()
+
+
+def _export(run, model, *, metrics: dict[str, Any], spec: Spec, class_names, log,
+            tag: str) -> None:
+    """Save the model and, on the chief, the run's metadata; non-chief scratch is removed."""
+    metrics["weights_sha256"] = _weights_sha256(model)
     # Every worker saves (collectives may need all of them); only the chief's is shared.
-    model_path, model_digest = run.save_model(model)
-    run.write_text("weights.sha256", weights_digest + "\n")
-    metrics = {
-        "val_accuracy": epoch_stats["val_accuracy"], "val_loss": epoch_stats["val_loss"],
-        "train_accuracy": epoch_stats["train_accuracy"], "train_loss": epoch_stats["train_loss"],
-        **test_metrics,
-        "epochs": spec.train.epochs, "steps": step, "steps_per_epoch": steps_per_epoch,
-        "resumed_from_step": start_step,
-        "images_per_second": images_trained / train_seconds if train_seconds else None,
-        "workers": cluster.num_workers, "replicas": num_replicas,
-        "global_batch_size": spec.train.global_batch_size,
-        "duration_seconds": time.time() - started,
-        "skipped_images": len(bad), "skipped_files": [{"path": p, "reason": r} for p, r in bad],
-        "classes": list(splits.class_names),
-        "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
-        "python_version": platform.python_version(),
-        "model_sha256": model_digest, "weights_sha256": weights_digest, "run_id": run_id,
-    }
-    if cluster.is_chief:
-        run.write_json("labels.json", list(splits.class_names))
+    model_path, metrics["model_sha256"] = run.save_model(model)
+    run.write_text("weights.sha256", metrics["weights_sha256"] + "\n")
+    if run.is_chief:
+        run.write_json("labels.json", list(class_names))
         run.write_spec(spec.to_dict())
         run.write_json("metrics.json", metrics)
         log(f"model: {model_path}")
         log(f"metrics: {run.root / 'metrics.json'} (val_accuracy "
             f"{metrics['val_accuracy']:.4f})")
     else:
-        log(f"{worker_tag}: done at step {step}; weights sha256 {weights_digest[:16]}")
+        log(f"{tag}: done at step {metrics['steps']}; weights sha256 "
+            f"{metrics['weights_sha256'][:16]}")
     run.cleanup()
-    return Result(metrics=metrics, run_dir=run.shared)
 
 
 def _peer_errors(tf):
@@ -445,7 +522,7 @@ def _evaluate(eval_step, dataset, steps: int) -> tuple[float, float]:
     return totals[0] / count, totals[1] / count
 
 
-def _restore(tf, checkpoint, directory: Path, *, log, worker_tag: str) -> int:
+def _restore(tf, checkpoint, directory: Path, *, log, tag: str) -> int:
     """Restore the chief's latest checkpoint, if any; return the step it was taken at."""
     latest = tf.train.latest_checkpoint(str(directory))
     if latest is None:
@@ -457,12 +534,8 @@ def _restore(tf, checkpoint, directory: Path, *, log, worker_tag: str) -> int:
                         f"{str(error).splitlines()[0][:160]}); use a new --run-id, or delete "
                         "the run's checkpoints/ to start over") from None
     step = int(checkpoint.optimizer.iterations.numpy())
-    log(f"{worker_tag}: resumed from checkpoint {Path(latest).name} at step {step}")
+    log(f"{tag}: resumed from checkpoint {Path(latest).name} at step {step}")
     return step
-
-
-def _save(manager, step: int) -> None:
-    manager.save(checkpoint_number=step)
 
 
 def _gather_bad_files(tf, strategy, splits, shards, decoded, local_replicas):
@@ -567,7 +640,7 @@ class _PreemptionFlag:
     def tensor(self, tf):
         return tf.constant(1.0 if self.set else 0.0)
 
-    def raise_if_set(self, *, before_training: bool) -> None:
+    def raise_if_set(self) -> None:
         if self.set:
             raise Preempted("preempted (SIGTERM) before training started; nothing to save; "
                             "restart to run")
