@@ -1,0 +1,172 @@
+"""P4, M1 and P5: whole training runs in fresh processes.
+
+Owns: the command lines and environments of the runs, and reading back what
+they report.
+
+* P4: wall time of ``python -m job train SPEC`` against ``bench/plain_keras.py``
+  (``image_dataset_from_directory`` + ``compile`` + ``fit`` + ``save``) for the
+  same epochs on the same folder, alternating; both final validation
+  accuracies are kept. Both get ``TF_NUM_INTRAOP_THREADS`` (and its siblings)
+  set to the core count, so neither depends on the caller's shell.
+* M1: the peak RSS of those same processes.
+* P5: ``python -m job local --workers 2`` (the launcher gives each worker
+  cores / 2 threads) against P4's one-worker runs (all the cores), in images per
+  second of the epochs after the first, from each run's history.csv. The first
+  epoch is left out because it traces the step function and, with two workers,
+  sets up the collectives: a start-up cost, not throughput.
+
+Never touches: the data pipeline or model internals; runs are separate
+processes started as a user would start them.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.measure import Child, alternate, fresh_dir, median, run_child
+from bench.report import Figure, Target
+from bench.sizes import Sizes
+from bench.specs import SEED, VAL_SPLIT, training_spec, write_spec
+from job.launcher import THREAD_VARIABLES, available_cores
+
+P4_TARGET = Target(at_least=False, value=0.7)
+M1_TARGET = Target(at_least=False, value=1.2)
+P5_TARGET = Target(at_least=True, value=0.8)
+REPO = Path(__file__).resolve().parent.parent
+PLAIN_KERAS = Path(__file__).resolve().parent / "plain_keras.py"
+CLUSTER_VARIABLES = ("TF_CONFIG", "JOB_COMPLETION_INDEX")
+"""Dropped from the children's environment (with every TRAINJOB_* variable): a shell
+that exports a cluster must not turn a benchmark run into a multi-worker one."""
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one training process reported."""
+
+    seconds: float
+    peak_rss_mib: float
+    val_accuracy: float
+    images_per_second: float | None = None
+    """Median of the epochs after the first (trainjob only; the reference has no history)."""
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Starts the runs of one suite; every run writes to ``runs_dir/<run id>``."""
+
+    train_dir: Path
+    sizes: Sizes
+    spec_path: Path
+    runs_dir: Path
+    logs_dir: Path
+    names: Callable[[str], str]
+    """Kind -> a run id never used before in this suite, so no run resumes another."""
+
+    def trainjob(self) -> Run:
+        run_id = self.names("train")
+        child = self._run([sys.executable, "-m", "job", "train", str(self.spec_path),
+                           "--run-id", run_id], run_id=run_id, threads=available_cores())
+        return _trainjob_result(child, self.runs_dir / run_id)
+
+    def local(self, workers: int) -> Run:
+        run_id = self.names(f"local{workers}")
+        child = self._run([sys.executable, "-m", "job", "local", "--workers", str(workers),
+                           "--max-restarts", "0", "--run-id", run_id, str(self.spec_path)],
+                          run_id=run_id, threads=None)
+        return _trainjob_result(child, self.runs_dir / run_id)
+
+    def plain_keras(self) -> Run:
+        run_id = self.names("keras")
+        out = self.runs_dir / run_id
+        child = self._run([sys.executable, str(PLAIN_KERAS), str(self.train_dir),
+                           "--out-dir", str(out),
+                           "--image-size", str(self.sizes.train_image_size),
+                           "--batch-size", str(self.sizes.batch_size),
+                           "--epochs", str(self.sizes.run_epochs), "--seed", str(SEED),
+                           "--val-split", str(VAL_SPLIT)],
+                          run_id=run_id, threads=available_cores())
+        result = json.loads((out / "result.json").read_text())
+        return Run(child.seconds, child.peak_rss_bytes / MIB, result["val_accuracy"])
+
+    def _run(self, argv: list[str], *, run_id: str, threads: int | None) -> Child:
+        return run_child(argv, env=child_env(threads=threads), cwd=REPO,
+                         log=self.logs_dir / f"{run_id}.log",
+                         timeout_seconds=self.sizes.child_timeout_seconds)
+
+
+def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
+            log: Callable[[str], None]) -> list[Figure]:
+    """P4, M1 and P5 from ``warmups + repetitions`` runs of each kind."""
+    runs_dir = fresh_dir(work_dir / "runs" / "e2e")
+    spec_path = write_spec(work_dir / "specs" / "e2e.yaml",
+                           training_spec(train_dir, sizes, epochs=sizes.run_epochs,
+                                         output_dir=runs_dir, name="bench-e2e"))
+    counter = itertools.count(1)
+    runner = Runner(train_dir, sizes, spec_path, runs_dir, logs_dir=work_dir / "logs" / "e2e",
+                    names=lambda kind: f"{kind}-{next(counter)}")
+    ours, theirs = alternate(runner.trainjob, runner.plain_keras,
+                             repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
+                             label="P4/M1 end to end")
+    two_workers = []
+    for number in range(sizes.warmups + sizes.repetitions):
+        log(f"P5 two local workers: run {number + 1}/{sizes.warmups + sizes.repetitions}"
+            + (" (warm-up)" if number < sizes.warmups else ""))
+        two_workers.append(runner.local(2))
+    two_workers = two_workers[sizes.warmups:]
+    return _figures(ours, theirs, two_workers, sizes)
+
+
+def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],
+             sizes: Sizes) -> list[Figure]:
+    where = {"image_size": sizes.train_image_size, "batch_size": sizes.batch_size,
+             "epochs": sizes.run_epochs}
+    return [
+        Figure.of("P4", title=f"End to end, {sizes.run_epochs} epochs (train + save)",
+                  unit="s", reference_name="plain Keras script", target=P4_TARGET,
+                  trainjob=[r.seconds for r in ours], reference=[r.seconds for r in theirs],
+                  trainjob_val_accuracy=median([r.val_accuracy for r in ours]),
+                  reference_val_accuracy=median([r.val_accuracy for r in theirs]),
+                  trainjob_val_accuracies=[r.val_accuracy for r in ours],
+                  reference_val_accuracies=[r.val_accuracy for r in theirs], **where),
+        Figure.of("M1", title="Peak RSS of the training process", unit="MiB",
+                  reference_name="plain Keras script", target=M1_TARGET,
+                  trainjob=[r.peak_rss_mib for r in ours],
+                  reference=[r.peak_rss_mib for r in theirs], **where),
+        Figure.of("P5", title="Two local workers x 1 thread, steady state", unit="images/s",
+                  reference_name=f"one worker x {available_cores()} threads",
+                  target=P5_TARGET, trainjob=[r.images_per_second for r in two_workers],
+                  reference=[r.images_per_second for r in ours],
+                  two_worker_val_accuracies=[r.val_accuracy for r in two_workers], **where),
+    ]
+
+
+def child_env(*, threads: int | None) -> dict[str, str]:
+    """This environment for a benchmark child: no cluster, quiet TensorFlow, set threads.
+
+    ``threads=None`` leaves the thread variables unset, for the launcher to share out.
+    """
+    env = {key: value for key, value in os.environ.items()
+           if key not in CLUSTER_VARIABLES and not key.startswith("TRAINJOB_")
+           and key not in THREAD_VARIABLES}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if threads is not None:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    return env
+
+
+def _trainjob_result(child: Child, run_dir: Path) -> Run:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "history.csv", newline="") as handle:
+        later = [float(row["images_per_second"]) for row in csv.DictReader(handle)][1:]
+    return Run(child.seconds, child.peak_rss_bytes / MIB, metrics["val_accuracy"],
+               median(later) if later else metrics["images_per_second"])
+

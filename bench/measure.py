@@ -1,0 +1,130 @@
+"""Measuring: interleaved repetitions after warm-ups, medians, and child processes.
+
+Owns: how a measurement is repeated (warm-ups discarded, trainjob and reference
+alternating so a change in machine load hits both alike), the median, and
+running one child process to its end with its wall time and peak RSS
+(measured by ``bench/child.py``, a small process between us and the child).
+Never touches: what is measured; callers pass functions and command lines.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+STOP_GRACE_SECONDS = 20.0
+"""Seconds a timed-out child has after SIGTERM (to stop its own workers) before SIGKILL."""
+CHILD = Path(__file__).resolve().with_name("child.py")
+"""Starts each measured child from a small process; see its docstring for why."""
+LOG_TAIL_LINES = 30
+"""Lines of a failed child's log quoted in the error."""
+
+
+class BenchmarkFailed(RuntimeError):
+    """A measured run did not finish as it should; the message names its log."""
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of at least one value.
+
+    Example:
+        >>> median([3.0, 1.0, 2.0])
+        2.0
+    """
+    if not values:
+        raise ValueError("median of no values: a figure needs at least one repetition.")
+    return float(statistics.median(values))
+
+
+def alternate(trainjob: Callable[[], T], reference: Callable[[], T], *, repetitions: int,
+              warmups: int, log: Callable[[str], None], label: str) -> tuple[list[T], list[T]]:
+    """Run both sides ``warmups`` times untimed, then ``repetitions`` times, alternating.
+
+    Returns:
+        ``(trainjob results, reference results)`` of the timed repetitions.
+    """
+    kept: tuple[list[T], list[T]] = ([], [])
+    for round_number in range(warmups + repetitions):
+        warm = round_number < warmups
+        what = "warm-up" if warm else f"repetition {round_number - warmups + 1}/{repetitions}"
+        for side, (name, function) in enumerate((("trainjob", trainjob),
+                                                 ("reference", reference))):
+            log(f"{label}: {name} {what}")
+            result = function()
+            if not warm:
+                kept[side].append(result)
+    return kept
+
+
+def timed(function: Callable[[], T]) -> tuple[T, float]:
+    """``(function(), seconds)`` by the monotonic performance counter."""
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Child:
+    """One finished child process."""
+
+    seconds: float
+    """Wall time from start to exit."""
+    peak_rss_bytes: int
+    """Largest resident set of the child (or of any descendant it waited for)."""
+    log: Path
+
+
+def run_child(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path,
+              timeout_seconds: float) -> Child:
+    """Run ``argv`` to its end, through ``bench/child.py``, with output in ``log``.
+
+    Raises:
+        BenchmarkFailed: unless it exits 0, naming the command, why, and its log's end.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    report = log.with_name(log.name + ".json")
+    report.unlink(missing_ok=True)
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, str(CHILD), str(report), *argv],
+                                   env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                                   stdout=output, stderr=subprocess.STDOUT)
+        timed_out = threading.Event()
+        watchdog = threading.Timer(timeout_seconds, _stop, args=(process, timed_out))
+        watchdog.start()
+        try:
+            process.wait()
+        finally:
+            watchdog.cancel()
+    result = json.loads(report.read_text()) if report.exists() else {}
+    if process.returncode != 0 or result.get("returncode") != 0:
+        why = (f"did not finish within {timeout_seconds:g}s" if timed_out.is_set()
+               else f"exited with {result.get('returncode', process.returncode)}")
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        raise BenchmarkFailed(f"{' '.join(map(str, argv))} {why} (log: {log}):\n{tail}")
+    return Child(seconds=result["seconds"], peak_rss_bytes=result["peak_rss_bytes"], log=log)
+
+
+def _stop(process: subprocess.Popen, timed_out: threading.Event) -> None:
+    """SIGTERM (so a launcher can stop its workers), then SIGKILL after a grace period."""
+    timed_out.set()
+    process.terminate()
+    killer = threading.Timer(STOP_GRACE_SECONDS, process.kill)
+    killer.daemon = True
+    killer.start()
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` as a new empty folder: a run directory must never resume an old run."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

@@ -1,0 +1,56 @@
+"""How big a benchmark run is: data sizes, epochs and repetitions, for full and quick runs.
+
+Owns: the two presets, ``FULL`` (what BENCHMARKS.md reports; under 10 minutes on
+2 CPU cores) and ``QUICK`` (tiny, one repetition: proves the code runs, numbers
+mean nothing).
+Never touches: files, processes, TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One preset. Every figure reads its sizes from here and nowhere else."""
+
+    name: str
+    """"full" or "quick": recorded in results.json so quick numbers are never mistaken."""
+    photos: int = 2000
+    """JPEGs in the photo set for P1/P2: the issue asks for at least 2,000."""
+    photo_size: tuple[int, int] = (512, 384)
+    """(width, height) of each photo: about a small camera image, as the issue asks."""
+    decode_size: tuple[int, int] = (128, 128)
+    """(height, width) the photos are decoded to for P1/P2."""
+    shapes_per_class: int = 100
+    """Sample images per class for the training figures: 320 train and 80 validation
+    images, so each training process runs in seconds, not minutes, on 2 cores."""
+    train_image_size: int = 64
+    """Pixels per side for the training figures: the sample data's own size."""
+    batch_size: int = 64
+    """Global batch for every figure: trainjob's default."""
+    run_epochs: int = 3
+    """P4/P5/M1 epochs per run: enough that a cache across epochs can pay off."""
+    repetitions: int = 3
+    """Timed repetitions per figure; the figure is their median."""
+    warmups: int = 1
+    """Untimed runs before the repetitions: page cache, imports, first-call tracing."""
+    matmul_size: int = 2048
+    """n of the n x n float32 matmul that measures the machine's peak FLOP/s (P6)."""
+    matmul_repetitions: int = 5
+    """Timed matmuls for the peak; each takes a fraction of a second."""
+    child_timeout_seconds: float = 600.0
+    """A benchmark child still running after this is stopped and reported as a failure."""
+
+    @property
+    def step_epochs(self) -> int:
+        """P3 epochs: a warm-up epoch (it traces the step), then one per repetition."""
+        return 1 + self.repetitions
+
+
+FULL = Sizes(name="full")
+QUICK = Sizes(name="quick", photos=64, shapes_per_class=10, train_image_size=32, batch_size=8,
+              run_epochs=2, repetitions=1, warmups=0, matmul_size=256,
+              matmul_repetitions=1, child_timeout_seconds=180.0)
+"""Smoke mode: every code path once on tiny data, about a minute."""

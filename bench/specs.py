@@ -1,0 +1,44 @@
+"""The trainjob spec that every training figure shares.
+
+Owns: the one spec dict (data, model, train, output) that P3, P4, P5 and M1
+train, so trainjob and the plain Keras reference see the same images, image
+size, batch, epochs, optimizer and model; writing it as YAML for the CLI.
+Never touches: running anything. The model section is left at the spec's
+defaults, which the reference reads from ``job.spec`` too: one source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.sizes import Sizes
+
+SEED = 1234
+"""Split, shuffle and init seed of both sides: trainjob's default."""
+VAL_SPLIT = 0.2
+"""Validation fraction of both sides: trainjob's default."""
+QUIET_STEPS = 1_000_000
+"""Progress lines and checkpoints only at epoch ends: a benchmark does not need them."""
+
+
+def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Path,
+                  name: str) -> dict[str, Any]:
+    """A trainjob spec dict for ``epochs`` on the shapes in ``train_dir`` (pure)."""
+    side = sizes.train_image_size
+    return {
+        "name": name,
+        "data": {"train_dir": str(train_dir), "val_split": VAL_SPLIT,
+                 "image_size": [side, side]},
+        "train": {"epochs": epochs, "global_batch_size": sizes.batch_size, "seed": SEED,
+                  "log_every_steps": QUIET_STEPS},
+        "output": {"dir": str(output_dir), "checkpoint_every_steps": QUIET_STEPS},
+    }
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

@@ -1,0 +1,115 @@
+"""The benchmark suite keeps working: its smoke mode end to end, and the parts it trusts.
+
+No test here looks at a timing: benchmark numbers are results, never asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import suite
+from bench.measure import BenchmarkFailed, run_child
+from bench.report import Figure, Target, results, table
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 2**20
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_figure_with_numbers_and_versions(tmp_path):
+    out = tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out),
+         "--work-dir", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    document = json.loads(out.read_text())
+    assert document["mode"] == "quick"
+    figures = {row["id"]: row for row in document["figures"]}
+    assert list(figures) == list(suite.ORDER)
+    for row in figures.values():
+        for key in ("trainjob", "reference", "ratio"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["id"], key)
+        assert row["trainjob_samples"] and row["reference_samples"], row["id"]
+        assert isinstance(row["passed"], bool)
+        assert f"| {row['id']} |" in completed.stdout
+    for key in ("trainjob_val_accuracy", "reference_val_accuracy"):
+        assert 0.0 <= figures["P4"]["details"][key] <= 1.0
+    env = document["environment"]
+    for package in ("tensorflow", "keras", "pillow"):
+        assert isinstance(env[package], str) and env[package][0].isdigit(), package
+    assert env["cpu_count"] >= 1 and env["cpus_available"] >= 1
+
+
+def test_child_peak_rss_is_its_own_not_its_parents_or_an_earlier_childs(tmp_path):
+    ballast = b"x" * (400 * MIB)  # This process is now bigger than any child below.
+
+    def peak(code: str, name: str) -> int:
+        child = run_child([sys.executable, "-c", code], env={}, cwd=tmp_path,
+                          log=tmp_path / f"{name}.log", timeout_seconds=60)
+        return child.peak_rss_bytes
+
+    big = peak("b = b'x' * (200 * 2**20)", "big")
+    small = peak("pass", "small")
+    assert 200 * MIB < big < 400 * MIB
+    assert small < 100 * MIB
+    del ballast
+
+
+def test_failed_child_names_its_exit_code_and_log_tail(tmp_path):
+    with pytest.raises(BenchmarkFailed, match=r"(?s)exited with 3 .*boom"):
+        run_child([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], env={},
+                  cwd=tmp_path, log=tmp_path / "fail.log", timeout_seconds=60)
+
+
+def test_child_over_its_time_limit_is_stopped_and_reported(tmp_path):
+    with pytest.raises(BenchmarkFailed, match="did not finish within 1s"):
+        run_child([sys.executable, "-c", "import time; time.sleep(120)"], env={}, cwd=tmp_path,
+                  log=tmp_path / "slow.log", timeout_seconds=1)
+
+
+def test_table_marks_a_missed_target_and_shows_medians():
+    faster = Figure.of("P1", title="first epoch", unit="images/s", reference_name="keras",
+                       target=Target(at_least=True, value=2.0), trainjob=[300, 100, 200],
+                       reference=[100, 100, 100])
+    slower = Figure.of("P4", title="end to end", unit="s", reference_name="keras",
+                       target=Target(at_least=False, value=0.7), trainjob=[9.0],
+                       reference=[10.0])
+    document = results([faster, slower], mode="full",
+                       environment={"tensorflow": "2", "keras": "3", "pillow": "1", "numpy": "2",
+                                    "python": "3", "cpu_count": 2, "cpus_available": 2},
+                       sizes={}, seconds=1.0, others_cpu_share=0.5)
+    rows = table(document).splitlines()
+    assert rows[2].startswith("| P1 |") and "| 200 images/s |" in rows[2]
+    assert "| 2.00x | ≥ 2.00x | yes |" in rows[2]
+    assert "| 0.90x | ≤ 0.70x | **no** |" in rows[3]
+    assert "other processes used 50% of the CPU time" in table(document)
+
+
+def test_only_runs_whole_groups_and_rejects_unknown_figures():
+    assert suite._groups("p6") == ["step"]
+    assert suite._groups("P1, M1") == ["pipeline", "end_to_end"]
+    assert suite._groups(None) == list(suite.GROUPS)
+    with pytest.raises(SystemExit, match="unknown figure P9"):
+        suite._groups("P1,P9")
+
+
+def test_training_flops_count_convolutions_and_dense_layers():
+    import keras
+
+    from bench.step import training_flops_per_image
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    outputs = keras.layers.Dense(4)(x)
+    model = keras.Model(inputs, outputs)
+    forward = 2 * 3 * 3 * 1 * 2 * 8 * 8 + 2 * 2 * 4
+    assert training_flops_per_image(model) == 3 * forward
