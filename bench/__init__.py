@@ -10,13 +10,18 @@ Modules, one concern each:
 
 * ``sizes``: how much data, how many epochs and repetitions (full and quick).
 * ``datasets``: generating and caching the photo set and the sample shapes.
-* ``measure``: repetitions, medians, child processes with wall time and peak RSS.
+* ``specs``: the one trainjob spec every training figure shares.
+* ``measure``: repetitions, medians, and fresh child processes (through ``child``,
+  which measures a child's wall time and peak RSS).
 * ``pipeline``: P1 and P2, the input pipeline against ``image_dataset_from_directory``.
 * ``step``: P3 and P6, training-step throughput against ``model.fit``, FLOPs, matmul peak.
-* ``end_to_end``: P4, M1 and P5, whole runs in fresh processes.
+* ``end_to_end``: P4, M1 and P5, whole runs of ``trainjob train`` and ``trainjob local``.
 * ``plain_keras``: the reference script of P4 and M1.
-* ``report``: figures, targets, the environment, results.json and the table.
+* ``machine``: versions, CPUs, and how busy other work kept them.
+* ``report``: figures, targets, results.json and the table.
 * ``suite``: the command line and the order of a run.
 
-The suite never edits ``job/``; it calls it as a user would.
+Every measurement runs in a fresh process (see ``measure``); the suite process
+itself never imports TensorFlow. The suite never edits ``job/``; it calls it as
+a user would.
 """

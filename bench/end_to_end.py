@@ -24,26 +24,21 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import Child, alternate, fresh_dir, median, run_child
+from bench.measure import REPO, Child, alternate, child_env, fresh_dir, median, run_child
 from bench.report import Figure, Target
 from bench.sizes import Sizes
 from bench.specs import SEED, VAL_SPLIT, training_spec, write_spec
-from job.launcher import THREAD_VARIABLES, available_cores
+from job.launcher import available_cores
 
 P4_TARGET = Target(at_least=False, value=0.7)
 M1_TARGET = Target(at_least=False, value=1.2)
 P5_TARGET = Target(at_least=True, value=0.8)
-REPO = Path(__file__).resolve().parent.parent
 PLAIN_KERAS = Path(__file__).resolve().parent / "plain_keras.py"
-CLUSTER_VARIABLES = ("TF_CONFIG", "JOB_COMPLETION_INDEX")
-"""Dropped from the children's environment (with every TRAINJOB_* variable): a shell
-that exports a cluster must not turn a benchmark run into a multi-worker one."""
 MIB = 2**20
 
 
@@ -146,21 +141,6 @@ def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],
                   reference=[r.images_per_second for r in ours],
                   two_worker_val_accuracies=[r.val_accuracy for r in two_workers], **where),
     ]
-
-
-def child_env(*, threads: int | None) -> dict[str, str]:
-    """This environment for a benchmark child: no cluster, quiet TensorFlow, set threads.
-
-    ``threads=None`` leaves the thread variables unset, for the launcher to share out.
-    """
-    env = {key: value for key, value in os.environ.items()
-           if key not in CLUSTER_VARIABLES and not key.startswith("TRAINJOB_")
-           and key not in THREAD_VARIABLES}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if threads is not None:
-        env.update({name: str(threads) for name in THREAD_VARIABLES})
-    return env
 
 
 def _trainjob_result(child: Child, run_dir: Path) -> Run:

@@ -1,15 +1,22 @@
 """Measuring: interleaved repetitions after warm-ups, medians, and child processes.
 
 Owns: how a measurement is repeated (warm-ups discarded, trainjob and reference
-alternating so a change in machine load hits both alike), the median, and
-running one child process to its end with its wall time and peak RSS
-(measured by ``bench/child.py``, a small process between us and the child).
+alternating so a change in machine load hits both alike), the median, the
+environment of every child, and running one child process to its end with its
+wall time and peak RSS (measured by ``bench/child.py``, a small process between
+us and the child).
+Every measurement runs in a fresh process; the suite itself never imports
+TensorFlow. Two reasons, both measured: a ``tf.data`` pipeline that ran earlier
+in a process can halve the throughput of a later one there (Keras's loader fell
+from ~1,500 to ~770 images/s after trainjob's pipeline ran first), and a child's
+peak RSS would start from its parent's.
 Never touches: what is measured; callers pass functions and command lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -21,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from job.launcher import THREAD_VARIABLES
+
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+"""Working folder of every child, so ``python -m job`` and ``-m bench.*`` resolve here."""
+CLUSTER_VARIABLES = ("TF_CONFIG", "JOB_COMPLETION_INDEX")
+"""Dropped from the children's environment (with every TRAINJOB_* variable): a shell
+that exports a cluster must not turn a benchmark run into a multi-worker one."""
 STOP_GRACE_SECONDS = 20.0
 """Seconds a timed-out child has after SIGTERM (to stop its own workers) before SIGKILL."""
 CHILD = Path(__file__).resolve().with_name("child.py")
@@ -112,6 +126,33 @@ def run_child(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Pa
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
         raise BenchmarkFailed(f"{' '.join(map(str, argv))} {why} (log: {log}):\n{tail}")
     return Child(seconds=result["seconds"], peak_rss_bytes=result["peak_rss_bytes"], log=log)
+
+
+def run_module(module: str, args: Sequence[str], *, log: Path, timeout_seconds: float,
+               threads: int | None = None) -> dict:
+    """Run ``python -m module ARGS --result FILE`` in a fresh process; return FILE's JSON."""
+    result = log.with_name(log.stem + ".result.json")
+    result.unlink(missing_ok=True)
+    run_child([sys.executable, "-m", module, *args, "--result", str(result)],
+              env=child_env(threads=threads), cwd=REPO, log=log,
+              timeout_seconds=timeout_seconds)
+    return json.loads(result.read_text())
+
+
+def child_env(*, threads: int | None) -> dict[str, str]:
+    """This environment for a benchmark child: no cluster, quiet TensorFlow, set threads.
+
+    ``threads=None`` leaves the thread variables unset: TensorFlow's defaults (all
+    cores), or the launcher's share per worker.
+    """
+    env = {key: value for key, value in os.environ.items()
+           if key not in CLUSTER_VARIABLES and not key.startswith("TRAINJOB_")
+           and key not in THREAD_VARIABLES}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if threads is not None:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    return env
 
 
 def _stop(process: subprocess.Popen, timed_out: threading.Event) -> None:

@@ -4,25 +4,27 @@ Owns: one pass of trainjob's input path (list the folder, ``job.data.decode``
 into the memory cache with one decoder per core, then ``job.data.train_batches``
 for two epochs, as ``job.train`` streams them) and one pass of the reference
 (``keras.utils.image_dataset_from_directory`` on the same folder and size,
-iterated twice), each timed epoch by epoch, in this process.
+iterated twice), each timed epoch by epoch in a fresh process
+(``python -m bench.pipeline SIDE FOLDER ...``) with TensorFlow already imported.
 Never touches: the model, files other than the photo folder.
 
-P1 times everything before the first epoch's last batch, listing and decoding
+P1 times everything up to the first epoch's last batch, listing and decoding
 included; P2 times the second epoch alone. Keras decodes every epoch again (it
 has no cache unless the user adds one), so its second epoch is its first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import argparse
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import alternate, timed
-from bench.report import Figure, Target
+from bench.measure import alternate, run_module, timed
+from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
-from job import data
-from job.spec import DataSpec
 
 P1_TARGET = Target(at_least=True, value=2.0)
 P2_TARGET = Target(at_least=True, value=10.0)
@@ -36,13 +38,24 @@ class TwoEpochs:
     later: float
 
 
-def measure(folder: Path, sizes: Sizes, *, log: Callable[[str], None]) -> list[Figure]:
+def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
+            log: Callable[[str], None]) -> list[Figure]:
     """P1 and P2 on the photo ``folder``, trainjob and Keras alternating."""
-    ours, theirs = alternate(lambda: trainjob_pass(folder, sizes),
-                             lambda: keras_pass(folder, sizes),
-                             repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
-                             label="P1/P2 input pipeline")
+    counter = itertools.count(1)
     height, width = sizes.decode_size
+
+    def side(name: str) -> Callable[[], TwoEpochs]:
+        def one_pass() -> TwoEpochs:
+            log_path = work_dir / "logs" / "pipeline" / f"{name}-{next(counter)}.log"
+            result = run_module("bench.pipeline",
+                                [name, str(folder), "--height", str(height), "--width",
+                                 str(width), "--batch-size", str(sizes.batch_size)],
+                                log=log_path, timeout_seconds=sizes.child_timeout_seconds)
+            return TwoEpochs(**result)
+        return one_pass
+
+    ours, theirs = alternate(side("trainjob"), side("keras"), repetitions=sizes.repetitions,
+                             warmups=sizes.warmups, log=log, label="P1/P2 input pipeline")
     where = {"images": sizes.photos, "photo_size": list(sizes.photo_size),
              "decoded_to": [height, width], "batch_size": sizes.batch_size}
     return [
@@ -57,31 +70,36 @@ def measure(folder: Path, sizes: Sizes, *, log: Callable[[str], None]) -> list[F
     ]
 
 
-def trainjob_pass(folder: Path, sizes: Sizes) -> TwoEpochs:
+# --- in the child process ------------------------------------------------------------
+
+
+def trainjob_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> TwoEpochs:
     """trainjob's way: decode once into memory, then stream batches from the arrays."""
-    spec = DataSpec(train_dir=folder, image_size=sizes.decode_size, cache="memory",
-                    decode_workers=0)
-    steps = data.steps_per_epoch(sizes.photos, sizes.batch_size)
+    from job import data
+    from job.spec import DataSpec
+
+    spec = DataSpec(train_dir=folder, image_size=image_size, cache="memory", decode_workers=0)
 
     def first_epoch():
         items = data.list_images(folder, key="data.train_dir")
+        steps = data.steps_per_epoch(len(items), batch_size)
         decoded = data.decode(items, spec=spec, cache_dir=None, workers=spec.decode_workers)
-        batches = iter(data.train_batches(decoded, batch_size=sizes.batch_size, start_batch=0,
+        batches = iter(data.train_batches(decoded, batch_size=batch_size, start_batch=0,
                                           num_batches=2 * steps, seed=0, worker=0))
-        return batches, _count(batches, steps)
+        return batches, steps, _count(batches, steps)
 
-    (batches, first_images), first_seconds = timed(first_epoch)
+    (batches, steps, first_images), first_seconds = timed(first_epoch)
     later_images, later_seconds = timed(lambda: _count(batches, steps))
     return TwoEpochs(first_images / first_seconds, later_images / later_seconds)
 
 
-def keras_pass(folder: Path, sizes: Sizes) -> TwoEpochs:
+def keras_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> TwoEpochs:
     """The reference: what the Keras guides write, iterated for two epochs."""
     import keras
 
     def first_epoch():
         dataset = keras.utils.image_dataset_from_directory(
-            folder, image_size=sizes.decode_size, batch_size=sizes.batch_size, verbose=False)
+            folder, image_size=image_size, batch_size=batch_size, verbose=False)
         return dataset, _count(dataset, None)
 
     (dataset, first_images), first_seconds = timed(first_epoch)
@@ -90,10 +108,33 @@ def keras_pass(folder: Path, sizes: Sizes) -> TwoEpochs:
 
 
 def _count(batches: Iterable, limit: int | None) -> int:
-    """Images in the next ``limit`` batches (all of them for None), pulled to the host."""
+    """Images in the next ``limit`` batches (all of them for None)."""
     images = 0
     for number, (pixels, _labels) in enumerate(batches, start=1):
         images += int(pixels.shape[0])
         if number == limit:
             break
     return images
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One pass of one side; writes ``{"first": ..., "later": ...}`` to ``--result``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline")
+    parser.add_argument("side", choices=("trainjob", "keras"))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--height", type=int, required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--result", type=Path, required=True)
+    args = parser.parse_args(argv)
+    import keras  # noqa: F401  Both sides start their clocks with TensorFlow loaded.
+
+    one_pass = trainjob_pass if args.side == "trainjob" else keras_pass
+    result = one_pass(args.folder, image_size=(args.height, args.width),
+                      batch_size=args.batch_size)
+    write_json(args.result, dataclasses.asdict(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

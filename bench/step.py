@@ -1,31 +1,32 @@
 """P3 and P6: training-step throughput against ``model.fit``, and the share of the matmul peak.
 
-Owns: P3, one worker training with its data already in memory, in this
-process. trainjob runs ``job.train.train`` and its own per-epoch
-``images_per_second`` (history.csv: step time only, without decoding,
-validation or the epoch-end checkpoint) is read back; the reference decodes the
-same training split with ``job.data`` and runs ``model.compile`` + ``model.fit``
-on those arrays with the same model, optimizer and batch, timing each epoch
-with a callback. The first epoch of each is the warm-up (it traces the step
-function); the later epochs are the repetitions.
+Owns: P3, one worker training with its data already in memory, each side in a
+fresh process (``python -m bench.step SIDE ...``). trainjob runs
+``job.train.train`` and its own per-epoch ``images_per_second`` (history.csv:
+step time only, without decoding, validation or the epoch-end checkpoint) is
+read back; the reference decodes the same training split with ``job.data`` and
+runs ``model.compile`` + ``model.fit`` on those arrays with the same model,
+optimizer and batch, timing each epoch with a callback. The first epoch of each
+is the warm-up (it traces the step function); the later epochs are the
+repetitions.
 P6: training FLOPs per image counted from the model's layer shapes, times P3's
-images per second, over the median of timed large ``tf.matmul`` calls.
-Never touches: child processes, the photo set.
+images per second, over the median of timed large ``tf.matmul`` calls (in a
+fresh process too).
+Never touches: the photo set, the end-to-end runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.measure import fresh_dir, median, timed
-from bench.report import Figure, Target
+from bench.measure import fresh_dir, median, run_module, timed
+from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
-from bench.specs import training_spec
-from job import data
-from job import spec as spec_module
+from bench.specs import training_spec, write_spec
 
 P3_TARGET = Target(at_least=True, value=1.0)
 P6_TARGET = Target(at_least=True, value=0.25, percent=True)
@@ -37,22 +38,28 @@ gradients with respect to both the activations and the weights."""
 def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
     """P3 (trainjob's loop against ``model.fit``) and P6 (its share of the matmul peak)."""
-    spec = spec_module.from_dict(
-        training_spec(train_dir, sizes, epochs=sizes.step_epochs,
-                      output_dir=fresh_dir(work_dir / "runs" / "step"), name="bench-step"),
-        base_dir=work_dir)
-    log("P3 training step: trainjob (first epoch is the warm-up)")
-    ours = trainjob_rates(spec, log_path=work_dir / "logs" / "step-trainjob.log")
-    log("P3 training step: reference model.fit (first epoch is the warm-up)")
-    theirs, flops_per_image = fit_rates(spec)
-    log("P6 matmul peak")
-    peak = matmul_gflops(sizes)
+    spec_path = write_spec(work_dir / "specs" / "step.yaml",
+                           training_spec(train_dir, sizes, epochs=sizes.step_epochs,
+                                         output_dir=fresh_dir(work_dir / "runs" / "step"),
+                                         name="bench-step"))
+    logs = work_dir / "logs" / "step"
+
+    def child(side: str, *args: str) -> dict:
+        log(f"{'P6' if side == 'peak' else 'P3'} {side}"
+            + (" (the first epoch is the warm-up)" if side != "peak" else ""))
+        return run_module("bench.step", [side, *args], log=logs / f"{side}.log",
+                          timeout_seconds=sizes.child_timeout_seconds)
+
+    ours = child("trainjob", str(spec_path))["rates"]
+    fit = child("fit", str(spec_path))
+    theirs, gflops_per_image = fit["rates"], fit["flops_per_image"] / 1e9
+    peak = child("peak", "--size", str(sizes.matmul_size), "--repetitions",
+                 str(sizes.matmul_repetitions))["gflops"]
     p3 = Figure.of("P3", title="Training step, one worker, data in memory",
                    unit="images/s", reference_name="model.fit on the same arrays",
                    target=P3_TARGET, trainjob=ours, reference=theirs,
                    method="job.train.train per-epoch images_per_second (history.csv)",
                    image_size=sizes.train_image_size, batch_size=sizes.batch_size)
-    gflops_per_image = flops_per_image / 1e9
     p6 = Figure.of("P6", title="Training FLOP/s, share of the matmul peak", unit="GFLOP/s",
                    reference_name=f"{sizes.matmul_size}² float32 tf.matmul", target=P6_TARGET,
                    trainjob=[rate * gflops_per_image for rate in ours], reference=peak,
@@ -61,25 +68,31 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
     return [p3, p6]
 
 
-def trainjob_rates(spec: spec_module.Spec, *, log_path: Path) -> list[float]:
+# --- in the child processes ----------------------------------------------------------
+
+
+def trainjob_rates(spec_path: Path) -> dict:
     """Images per second of each epoch after the first, as trainjob's loop reports them."""
+    from job import spec as spec_module
     from job.cluster import cluster_from_env
     from job.train import train
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as out:
-        result = train(spec, cluster=cluster_from_env({}), run_id="p3", env={}, out=out)
+    spec = spec_module.load(spec_path)
+    result = train(spec, cluster=cluster_from_env({}), run_id="p3", env={})
     with open(result.run_dir / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return [float(row["images_per_second"]) for row in rows[1:]]
+    return {"rates": [float(row["images_per_second"]) for row in rows[1:]]}
 
 
-def fit_rates(spec: spec_module.Spec) -> tuple[list[float], float]:
+def fit_rates(spec_path: Path) -> dict:
     """The reference's images per second of each epoch after the first, and FLOPs per image."""
     import keras
 
+    from job import data
+    from job import spec as spec_module
     from job.model import build_model
 
+    spec = spec_module.load(spec_path)
     splits = data.make_splits(spec.data, seed=spec.train.seed)
     decoded = data.decode(splits.train, spec=spec.data, cache_dir=None,
                           workers=spec.data.decode_workers)
@@ -93,8 +106,8 @@ def fit_rates(spec: spec_module.Spec) -> tuple[list[float], float]:
     clock = _EpochClock(keras)
     model.fit(decoded.pixels, decoded.labels, batch_size=spec.train.global_batch_size,
               epochs=spec.train.epochs, shuffle=True, verbose=0, callbacks=[clock.callback])
-    rates = [len(decoded.labels) / seconds for seconds in clock.seconds[1:]]
-    return rates, training_flops_per_image(model)
+    return {"rates": [len(decoded.labels) / seconds for seconds in clock.seconds[1:]],
+            "flops_per_image": training_flops_per_image(model)}
 
 
 class _EpochClock:
@@ -102,6 +115,7 @@ class _EpochClock:
 
     def __init__(self, keras) -> None:
         self.seconds: list[float] = []
+        self.started = 0.0
         clock = self
 
         class Callback(keras.callbacks.Callback):
@@ -111,7 +125,6 @@ class _EpochClock:
             def on_epoch_end(self, epoch, logs=None):
                 clock.seconds.append(time.perf_counter() - clock.started)
 
-        self.started = 0.0
         self.callback = Callback()
 
 
@@ -143,17 +156,42 @@ def _leaf_layers(model):
             yield layer
 
 
-def matmul_gflops(sizes: Sizes) -> list[float]:
+def matmul_gflops(*, size: int, repetitions: int) -> dict:
     """GFLOP/s of each timed n x n float32 matmul after one warm-up (2 n³ FLOPs each)."""
     import tensorflow as tf
 
-    n = sizes.matmul_size
-    a = tf.random.normal((n, n), dtype=tf.float32, seed=1)
-    b = tf.random.normal((n, n), dtype=tf.float32, seed=2)
+    a = tf.random.normal((size, size), dtype=tf.float32, seed=1)
+    b = tf.random.normal((size, size), dtype=tf.float32, seed=2)
 
     def product():
         # Reducing to one number forces the matmul to finish without copying n² values.
         return float(tf.reduce_sum(tf.matmul(a, b)))
 
     product()
-    return [2 * n**3 / 1e9 / timed(product)[1] for _ in range(sizes.matmul_repetitions)]
+    return {"gflops": [2 * size**3 / 1e9 / timed(product)[1] for _ in range(repetitions)]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One side of P3, or the matmul peak; writes its JSON to ``--result``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--result", type=Path, required=True)
+    parser = argparse.ArgumentParser(prog="python -m bench.step")
+    sides = parser.add_subparsers(dest="side", required=True)
+    for side in ("trainjob", "fit"):
+        sides.add_parser(side, parents=[common]).add_argument("spec", type=Path)
+    peak = sides.add_parser("peak", parents=[common])
+    peak.add_argument("--size", type=int, required=True)
+    peak.add_argument("--repetitions", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.side == "trainjob":
+        result = trainjob_rates(args.spec)
+    elif args.side == "fit":
+        result = fit_rates(args.spec)
+    else:
+        result = matmul_gflops(size=args.size, repetitions=args.repetitions)
+    write_json(args.result, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -48,9 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchmarkFailed, TrainjobError) as error:
         print(f"bench: error: {error}", file=sys.stderr, flush=True)
         return 1
-    write_json(args.out, document)
+    # A smoke run never overwrites the results of a full one.
+    out = args.out or (args.work_dir / "results-quick.json" if args.quick
+                       else BENCH_DIR / "results.json")
+    write_json(out, document)
     print(table(document), end="", flush=True)
-    print(f"bench: results in {args.out}", file=sys.stderr, flush=True)
+    print(f"bench: results in {out}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -59,12 +62,12 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
     """Measure the figures of ``groups`` and return the results document."""
     started, clock = time.monotonic(), machine.cpu_clock()
     env = machine.environment()
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()  # Specs resolve relative paths against their folder.
     figures: list[Figure] = []
     if "pipeline" in groups:
         log(f"photo set: {sizes.photos} JPEGs of {sizes.photo_size[0]}x{sizes.photo_size[1]}")
         photos = datasets.photo_folder(work_dir, sizes)
-        figures += pipeline.measure(photos, sizes, log=log)
+        figures += pipeline.measure(photos, sizes, work_dir=work_dir, log=log)
     if "step" in groups or "end_to_end" in groups:
         log(f"sample shapes: {sizes.shapes_per_class} per class, {sizes.train_image_size} px")
         shapes = datasets.shapes_folder(work_dir, sizes)
@@ -115,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated figures, e.g. P1,P4 (their whole group runs)")
     parser.add_argument("--repetitions", type=_positive, metavar="N",
                         help="timed repetitions per figure (default: 3, quick: 1)")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.json",
-                        help="results file (default: bench/results.json)")
+    parser.add_argument("--out", type=Path,
+                        help="results file (default: bench/results.json; with --quick, "
+                             "results-quick.json in the work folder)")
     parser.add_argument("--work-dir", type=Path, default=BENCH_DIR / "work",
                         help="generated data, runs and logs (default: bench/work)")
     return parser
