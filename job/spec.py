@@ -76,7 +76,7 @@ class DataSpec:
     cache_memory_mb: int = 2048
     """MiB of decoded uint8 pixels kept in memory before the cache moves to disk."""
     decode_workers: int = 0
-    """Decoder processes; 0: one per CPU core available to this worker."""
+    """Decoder threads; 0: one per CPU core available to this worker."""
 
 
 @dataclass(frozen=True)

@@ -441,7 +441,7 @@ def colour_of(index: int) -> tuple[int, int, int]:
 
 @pytest.fixture
 def folder_with_bad_files(tmp_path) -> tuple[list[Path], dict[int, str]]:
-    """70 distinct images (enough to use the process pool) with 3 bad files among them."""
+    """70 distinct images (enough to use decoder threads) with 3 bad files among them."""
     bad = {0: "zero-byte", 33: "not an image", 69: "truncated"}
     paths = []
     for index in range(70):
@@ -471,9 +471,9 @@ def test_decode_many_keeps_order_and_reports_bad_files(folder_with_bad_files):
         assert bad[index] in reason
 
 
-def test_decode_many_in_processes_equals_in_process(folder_with_bad_files):
+def test_decode_many_in_threads_equals_in_the_calling_thread(folder_with_bad_files):
     paths, _ = folder_with_bad_files
-    assert len(paths) >= images.IN_PROCESS_BELOW  # so workers=2 really starts a pool
+    assert len(paths) >= images.IN_PROCESS_BELOW  # so workers=2 really starts threads
 
     alone = decode_many(paths, size=(5, 6), color_mode="grayscale", workers=1)
     pooled = decode_many(paths, size=(5, 6), color_mode="grayscale", workers=2)
