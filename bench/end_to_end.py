@@ -5,15 +5,16 @@ they report.
 
 * P4: wall time of ``python -m job train SPEC`` against ``bench/plain_keras.py``
   (``image_dataset_from_directory`` + ``compile`` + ``fit`` + ``save``) for the
-  same epochs on the same folder, alternating; both final validation
+  same epochs on the same folder, in alternating rounds; both final validation
   accuracies are kept. Both get ``TF_NUM_INTRAOP_THREADS`` (and its siblings)
   set to the core count, so neither depends on the caller's shell.
 * M1: the peak RSS of those same processes.
 * P5: ``python -m job local --workers 2`` (the launcher gives each worker
-  cores / 2 threads) against P4's one-worker runs (all the cores), in images per
-  second of the epochs after the first, from each run's history.csv. The first
-  epoch is left out because it traces the step function and, with two workers,
-  sets up the collectives: a start-up cost, not throughput.
+  cores / 2 threads) against P4's one-worker runs (all the cores), run in the
+  same rounds, in images per second of the epochs after the first, from each
+  run's history.csv. The first epoch is left out because it traces the step
+  function and, with two workers, sets up the collectives: a start-up cost, not
+  throughput.
 
 Never touches: the data pipeline or model internals; runs are separate
 processes started as a user would start them.
@@ -99,7 +100,7 @@ class Runner:
 
 def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
-    """P4, M1 and P5 from ``warmups + repetitions`` runs of each kind."""
+    """P4, M1 and P5 from ``warmups + repetitions`` rounds of the three kinds of run."""
     runs_dir = fresh_dir(work_dir / "runs" / "e2e")
     spec_path = write_spec(work_dir / "specs" / "e2e.yaml",
                            training_spec(train_dir, sizes, epochs=sizes.run_epochs,
@@ -107,16 +108,12 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
     counter = itertools.count(1)
     runner = Runner(train_dir, sizes, spec_path, runs_dir, logs_dir=work_dir / "logs" / "e2e",
                     names=lambda kind: f"{kind}-{next(counter)}")
-    ours, theirs = alternate(runner.trainjob, runner.plain_keras,
-                             repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
-                             label="P4/M1 end to end")
-    two_workers = []
-    for number in range(sizes.warmups + sizes.repetitions):
-        log(f"P5 two local workers: run {number + 1}/{sizes.warmups + sizes.repetitions}"
-            + (" (warm-up)" if number < sizes.warmups else ""))
-        two_workers.append(runner.local(2))
-    two_workers = two_workers[sizes.warmups:]
-    return _figures(ours, theirs, two_workers, sizes)
+    runs = alternate({"trainjob train": runner.trainjob, "plain Keras": runner.plain_keras,
+                      "trainjob local --workers 2": lambda: runner.local(2)},
+                     repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
+                     label="P4/M1/P5 end to end")
+    return _figures(runs["trainjob train"], runs["plain Keras"],
+                    runs["trainjob local --workers 2"], sizes)
 
 
 def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],

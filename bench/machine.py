@@ -1,7 +1,8 @@
 """The machine a benchmark ran on: versions, cores, and how busy other work kept it.
 
 Owns: the environment block of results.json (TensorFlow, Keras, Pillow, NumPy
-and Python versions, CPU counts, load averages) and the share of the CPUs that
+and Python versions, the commit measured and whether ``job/`` had uncommitted
+changes, CPU counts, load averages) and the share of the CPUs that
 processes outside this benchmark used while it ran, so a noisy table says so.
 Never touches: TensorFlow or Pillow themselves (versions come from package
 metadata), measurements.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "pillow": "pillow",
             "numpy": "numpy"}
 """Result key -> distribution name of the versions recorded with every run."""
 PROC = Path("/proc")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def environment() -> dict[str, object]:
@@ -39,11 +42,26 @@ def environment() -> dict[str, object]:
     return {
         **versions,
         "python": platform.python_version(),
+        **_commit(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpus_available": available_cores(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def _commit() -> dict[str, object]:
+    """The commit measured, and whether job/ differs from it (None outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--", "job")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "job_uncommitted_changes": None if status is None else bool(status)}
 
 
 @dataclass(frozen=True)

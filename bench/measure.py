@@ -60,23 +60,25 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def alternate(trainjob: Callable[[], T], reference: Callable[[], T], *, repetitions: int,
-              warmups: int, log: Callable[[str], None], label: str) -> tuple[list[T], list[T]]:
-    """Run both sides ``warmups`` times untimed, then ``repetitions`` times, alternating.
+def alternate(sides: Mapping[str, Callable[[], T]], *, repetitions: int, warmups: int,
+              log: Callable[[str], None], label: str) -> dict[str, list[T]]:
+    """Run every side ``warmups`` times untimed, then ``repetitions`` times, in rounds.
+
+    Each round runs every side once, in order, so a change in machine load
+    lands on all of them alike.
 
     Returns:
-        ``(trainjob results, reference results)`` of the timed repetitions.
+        Each side's results of the timed rounds, by name.
     """
-    kept: tuple[list[T], list[T]] = ([], [])
+    kept: dict[str, list[T]] = {name: [] for name in sides}
     for round_number in range(warmups + repetitions):
         warm = round_number < warmups
         what = "warm-up" if warm else f"repetition {round_number - warmups + 1}/{repetitions}"
-        for side, (name, function) in enumerate((("trainjob", trainjob),
-                                                 ("reference", reference))):
+        for name, function in sides.items():
             log(f"{label}: {name} {what}")
             result = function()
             if not warm:
-                kept[side].append(result)
+                kept[name].append(result)
     return kept
 
 

@@ -54,8 +54,10 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
             return TwoEpochs(**result)
         return one_pass
 
-    ours, theirs = alternate(side("trainjob"), side("keras"), repetitions=sizes.repetitions,
-                             warmups=sizes.warmups, log=log, label="P1/P2 input pipeline")
+    runs = alternate({"trainjob": side("trainjob"), "keras": side("keras")},
+                     repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
+                     label="P1/P2 input pipeline")
+    ours, theirs = runs["trainjob"], runs["keras"]
     where = {"images": sizes.photos, "photo_size": list(sizes.photo_size),
              "decoded_to": [height, width], "batch_size": sizes.batch_size}
     return [

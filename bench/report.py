@@ -137,7 +137,10 @@ def machine_line(document: dict[str, Any]) -> str:
     env = document["environment"]
     share = document.get("others_cpu_share")
     busy = "unknown" if share is None else f"{share:.0%}"
-    return (f"{document['mode']} run, {document['seconds']:.0f} s; TensorFlow "
+    commit = env.get("commit") or "unknown commit"
+    if env.get("job_uncommitted_changes"):
+        commit += " with uncommitted changes in job/"
+    return (f"{document['mode']} run of {commit}, {document['seconds']:.0f} s; TensorFlow "
             f"{env['tensorflow']}, Keras {env['keras']}, Pillow {env['pillow']}, NumPy "
             f"{env['numpy']}, Python {env['python']}; {env['cpus_available']} of "
             f"{env['cpu_count']} CPUs available; other processes used {busy} of the CPU "

@@ -31,6 +31,9 @@ class Sizes:
     training processes then fit in the time budget on 2 cores."""
     batch_size: int = 64
     """Global batch for every figure: trainjob's default."""
+    step_epochs: int = 3
+    """P3 epochs per process: the first is a warm-up (it traces the step), the median of
+    the rest is that process's figure."""
     run_epochs: int = 5
     """P4/P5/M1 epochs per run: enough to learn above chance, and for a cache across
     epochs to pay off."""
@@ -45,14 +48,9 @@ class Sizes:
     child_timeout_seconds: float = 600.0
     """A benchmark child still running after this is stopped and reported as a failure."""
 
-    @property
-    def step_epochs(self) -> int:
-        """P3 epochs: a warm-up epoch (it traces the step), then one per repetition."""
-        return 1 + self.repetitions
-
 
 FULL = Sizes(name="full")
 QUICK = Sizes(name="quick", photos=64, shapes_per_class=10, train_image_size=32, batch_size=8,
-              run_epochs=2, repetitions=1, warmups=0, matmul_size=256,
+              step_epochs=2, run_epochs=2, repetitions=1, warmups=0, matmul_size=256,
               matmul_repetitions=1, child_timeout_seconds=180.0)
 """Smoke mode: every code path once on tiny data, about a minute."""

@@ -1,17 +1,17 @@
 """P3 and P6: training-step throughput against ``model.fit``, and the share of the matmul peak.
 
 Owns: P3, one worker training with its data already in memory, each side in a
-fresh process (``python -m bench.step SIDE ...``). trainjob runs
+fresh process (``python -m bench.step SIDE ...``), in alternating rounds. trainjob runs
 ``job.train.train`` and its own per-epoch ``images_per_second`` (history.csv:
 step time only, without decoding, validation or the epoch-end checkpoint) is
 read back; the reference decodes the same training split with ``job.data`` and
 runs ``model.compile`` + ``model.fit`` on those arrays with the same model,
-optimizer and batch, timing each epoch with a callback. The first epoch of each
-is the warm-up (it traces the step function); the later epochs are the
-repetitions.
+optimizer and batch, timing each epoch with a callback. In every process the
+first epoch is a warm-up (it traces the step function) and the median of the
+later epochs is that round's figure.
 P6: training FLOPs per image counted from the model's layer shapes, times P3's
-images per second, over the median of timed large ``tf.matmul`` calls (in a
-fresh process too).
+images per second, over the median of timed large ``tf.matmul`` calls made in
+the same process right after training, so a busy machine slows both alike.
 Never touches: the photo set, the end-to-end runs.
 """
 
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.measure import fresh_dir, median, run_module, timed
+from bench.measure import alternate, fresh_dir, median, run_module, timed
 from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
 from bench.specs import training_spec, write_spec
@@ -38,23 +39,30 @@ gradients with respect to both the activations and the weights."""
 def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
     """P3 (trainjob's loop against ``model.fit``) and P6 (its share of the matmul peak)."""
+    runs_dir = fresh_dir(work_dir / "runs" / "step")
     spec_path = write_spec(work_dir / "specs" / "step.yaml",
                            training_spec(train_dir, sizes, epochs=sizes.step_epochs,
-                                         output_dir=fresh_dir(work_dir / "runs" / "step"),
-                                         name="bench-step"))
-    logs = work_dir / "logs" / "step"
+                                         output_dir=runs_dir, name="bench-step"))
+    counter = itertools.count(1)
 
-    def child(side: str, *args: str) -> dict:
-        log(f"{'P6' if side == 'peak' else 'P3'} {side}"
-            + (" (the first epoch is the warm-up)" if side != "peak" else ""))
-        return run_module("bench.step", [side, *args], log=logs / f"{side}.log",
-                          timeout_seconds=sizes.child_timeout_seconds)
+    def side(name: str, *args: str) -> Callable[[], dict]:
+        def run() -> dict:
+            number = next(counter)
+            return run_module("bench.step", [name, str(spec_path), *args, "--run-id",
+                                             f"{name}-{number}"],
+                              log=work_dir / "logs" / "step" / f"{name}-{number}.log",
+                              timeout_seconds=sizes.child_timeout_seconds)
+        return run
 
-    ours = child("trainjob", str(spec_path))["rates"]
-    fit = child("fit", str(spec_path))
-    theirs, gflops_per_image = fit["rates"], fit["flops_per_image"] / 1e9
-    peak = child("peak", "--size", str(sizes.matmul_size), "--repetitions",
-                 str(sizes.matmul_repetitions))["gflops"]
+    runs = alternate({"trainjob": side("trainjob", "--matmul-size", str(sizes.matmul_size),
+                                       "--matmul-repetitions", str(sizes.matmul_repetitions)),
+                      "model.fit": side("fit")},
+                     repetitions=sizes.repetitions, warmups=0, log=log,
+                     label="P3/P6 training step (each first epoch is a warm-up)")
+    ours = [median(run["rates"]) for run in runs["trainjob"]]
+    theirs = [median(run["rates"]) for run in runs["model.fit"]]
+    peak = [median(run["gflops"]) for run in runs["trainjob"]]
+    gflops_per_image = runs["model.fit"][0]["flops_per_image"] / 1e9
     p3 = Figure.of("P3", title="Training step, one worker, data in memory",
                    unit="images/s", reference_name="model.fit on the same arrays",
                    target=P3_TARGET, trainjob=ours, reference=theirs,
@@ -71,14 +79,14 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
 # --- in the child processes ----------------------------------------------------------
 
 
-def trainjob_rates(spec_path: Path) -> dict:
+def trainjob_rates(spec_path: Path, *, run_id: str) -> dict:
     """Images per second of each epoch after the first, as trainjob's loop reports them."""
     from job import spec as spec_module
     from job.cluster import cluster_from_env
     from job.train import train
 
     spec = spec_module.load(spec_path)
-    result = train(spec, cluster=cluster_from_env({}), run_id="p3", env={})
+    result = train(spec, cluster=cluster_from_env({}), run_id=run_id, env={})
     with open(result.run_dir / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {"rates": [float(row["images_per_second"]) for row in rows[1:]]}
@@ -172,23 +180,24 @@ def matmul_gflops(*, size: int, repetitions: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One side of P3, or the matmul peak; writes its JSON to ``--result``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--result", type=Path, required=True)
+    """One side of P3 in this process; writes its JSON to ``--result``.
+
+    The trainjob side also times the matmul peak right after training, so both
+    parts of P6 see the machine in the same state.
+    """
     parser = argparse.ArgumentParser(prog="python -m bench.step")
-    sides = parser.add_subparsers(dest="side", required=True)
-    for side in ("trainjob", "fit"):
-        sides.add_parser(side, parents=[common]).add_argument("spec", type=Path)
-    peak = sides.add_parser("peak", parents=[common])
-    peak.add_argument("--size", type=int, required=True)
-    peak.add_argument("--repetitions", type=int, required=True)
+    parser.add_argument("side", choices=("trainjob", "fit"))
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--matmul-size", type=int, default=0)
+    parser.add_argument("--matmul-repetitions", type=int, default=0)
+    parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.side == "trainjob":
-        result = trainjob_rates(args.spec)
-    elif args.side == "fit":
+    if args.side == "fit":
         result = fit_rates(args.spec)
     else:
-        result = matmul_gflops(size=args.size, repetitions=args.repetitions)
+        result = {**trainjob_rates(args.spec, run_id=args.run_id),
+                  **matmul_gflops(size=args.matmul_size, repetitions=args.matmul_repetitions)}
     write_json(args.result, result)
     return 0
 

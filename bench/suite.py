@@ -78,8 +78,7 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
     figures.sort(key=lambda figure: ORDER.index(figure.id))
     env["load_average_after"] = machine.environment()["load_average"]
     return results(figures, mode=sizes.name, environment=env,
-                   sizes={**dataclasses.asdict(sizes), "step_epochs": sizes.step_epochs},
-                   seconds=time.monotonic() - started,
+                   sizes=dataclasses.asdict(sizes), seconds=time.monotonic() - started,
                    others_cpu_share=machine.others_share(clock, machine.cpu_clock(),
                                                          cores=env["cpus_available"]))
 
