@@ -1,5 +1,5 @@
 """``python -m job``: the same CLI as the ``trainjob`` console script."""
 
-from job.cli import main
+from job.cli import run
 
-raise SystemExit(main())
+run()

@@ -18,6 +18,21 @@ from job import __version__
 from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError
 
 
+def run() -> None:
+    """The console script and ``python -m job``: run ``main`` and exit with its code.
+
+    Once TensorFlow is loaded, exit without the interpreter's teardown: every
+    output is written, renamed into place and flushed by then, and TensorFlow's
+    teardown only costs time (about a second) or, after a lost peer, can hang.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "tensorflow" in sys.modules:
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code.
 

@@ -27,7 +27,7 @@ from job import images
 from job.errors import DataError
 from job.spec import DataSpec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when the decoded pixels change for the same files (resize filter, modes...)."""
 SCAN_CHUNK = 4096
 """Images decoded per chunk by ``scan``: bounds memory on huge folders."""

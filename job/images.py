@@ -63,10 +63,11 @@ COLOR_MODES = ("rgb", "grayscale")
 BACKGROUND = (255, 255, 255)
 """RGB that transparent pixels are composited onto: white, what viewers show."""
 
-RESAMPLE = Image.Resampling.BICUBIC
-"""Resize filter. Measured on 2048x1536 photos to 224x224 against LANCZOS as the
-reference: after a JPEG draft, BICUBIC costs ~5% more time than BILINEAR and has
-a third less error (mean absolute 0.35 vs 0.52 levels)."""
+RESAMPLE = Image.Resampling.BILINEAR
+"""Resize filter (Pillow's is antialiased when downscaling). On 512x384 JPEGs to
+128x128, decode plus resize runs 10% faster than with BICUBIC (774 vs 702 images/s
+on one core), where resizing costs as much as decoding; against LANCZOS its mean
+error is 0.52 grey levels against BICUBIC's 0.35, well below what training notices."""
 
 REDUCING_GAP = 3.0
 """Pillow first box-reduces by an integer factor while the image stays >= 3x the
