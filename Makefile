@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint image push render submit clean
+.PHONY: help setup demo test lint bench bench-smoke image push render submit clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,13 +28,19 @@ demo: $(STAMP) ## Generate the sample data and train it locally; prints where mo
 	$(BIN)/trainjob demo --out $(DEMO_DIR)
 
 test: $(STAMP) ## Set up, then run the whole suite (lint, architecture rules, tests)
-	$(BIN)/ruff check job tests
+	$(BIN)/ruff check job tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Ruff and the import-linter architecture contracts
-	$(BIN)/ruff check job tests
+	$(BIN)/ruff check job tests bench
 	$(BIN)/lint-imports
+
+bench: $(STAMP) ## Benchmark trainjob against plain Keras on generated data (~5 min on 2 cores); see BENCHMARKS.md
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP) ## Run the benchmark suite once on tiny data so it cannot rot (numbers mean nothing)
+	$(BIN)/python -m bench --quick
 
 image: ## Build the container image (IMAGE=registry/you/trainjob:tag)
 	@test -n "$(IMAGE)" || { echo "make image: set IMAGE=registry.example.com/you/trainjob:0.1.0" >&2; exit 2; }
@@ -51,4 +57,4 @@ submit: $(STAMP) ## Submit SPEC to the cluster and watch it (IMAGE= overrides cl
 	$(BIN)/trainjob submit $(SPEC) $(if $(IMAGE),--image $(IMAGE))
 
 clean: ## Remove the venv, demo outputs and caches
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache bench/results.json
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache bench/results.json bench/work
