@@ -9,10 +9,7 @@ Never touches: decoding (Pillow is used here only to draw and encode, as in
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +34,9 @@ def photo_folder(work_dir: Path, sizes: Sizes) -> Path:
     width, height = sizes.photo_size
     root = Path(work_dir) / f"photos-{sizes.photos}-{width}x{height}-q{PHOTO_QUALITY}"
     stamp = f"{sizes.photos} {width}x{height} {PHOTO_QUALITY} {PHOTO_SEED}\n"
-    marker = root / ".complete"
-    if marker.exists() and marker.read_text() == stamp:
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        _draw_photos(staging, count=sizes.photos, size=sizes.photo_size)
-        (staging / ".complete").write_text(stamp)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return sample_data.build_folder(
+        root, stamp=stamp,
+        fill=lambda staging: _draw_photos(staging, count=sizes.photos, size=sizes.photo_size))
 
 
 def _draw_photos(folder: Path, *, count: int, size: tuple[int, int]) -> None:

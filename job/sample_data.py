@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,8 @@ def generate(out_dir: str | Path, *, images_per_class: int = 400, test_per_class
     out = Path(out_dir)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     stamp = f"{images_per_class} {test_per_class} {size[0]}x{size[1]} {seed} {quality}\n"
-    marker = out / ".complete"
-    if marker.exists() and marker.read_text() == stamp:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         splits = (("train", images_per_class, seed), ("test", test_per_class, seed + 1))
         for split, count, split_seed in splits:
             if count <= 0:
@@ -76,14 +73,32 @@ def generate(out_dir: str | Path, *, images_per_class: int = 400, test_per_class
                         image.save(folder / f"{name}_{i:05d}.png", optimize=False)
                     else:
                         image.save(folder / f"{name}_{i:05d}.jpg", quality=quality)
+
+    return build_folder(out, stamp=stamp, fill=fill)
+
+
+def build_folder(root: Path, *, stamp: str, fill: Callable[[Path], None]) -> Path:
+    """Make ``root`` appear complete or not at all; reuse it when its stamp matches.
+
+    ``fill`` writes into a staging folder beside ``root``, which is then renamed
+    into place with a ``.complete`` file holding ``stamp`` (the parameters that
+    made it), so an interrupted run never leaves a half-drawn dataset to reuse.
+    """
+    marker = root / ".complete"
+    if marker.exists() and marker.read_text() == stamp:
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        fill(staging)
         (staging / ".complete").write_text(stamp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return root
 
 
 def draw(shape: str, *, rng: random.Random, noise_rng: np.random.Generator,
