@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("local", help="run N workers on this machine, restarting the group "
                                      "on retryable failures")
     p.add_argument("spec", type=Path)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: the spec's cluster.workers)")
     p.add_argument("--max-restarts", type=int, default=3)
     p.add_argument("--run-id", default=None)
     p.set_defaults(handler=_local)
@@ -165,7 +166,8 @@ def _local(args: argparse.Namespace) -> int:
     from job import spec as spec_module
 
     spec = spec_module.load(args.spec)
-    return launcher.run_local(args.spec, workers=args.workers, max_restarts=args.max_restarts,
+    workers = args.workers if args.workers is not None else spec.cluster.workers
+    return launcher.run_local(args.spec, workers=workers, max_restarts=args.max_restarts,
                               run_id=args.run_id or spec.name)
 
 
