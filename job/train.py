@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,17 +104,21 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
     splits = data.make_splits(spec.data, seed=spec.train.seed)
     run = RunDir.open(spec.output.dir, run_id, is_chief=cluster.is_chief, worker=cluster.index,
                       env=env)
-    tf, keras = _import_tensorflow(cluster, spec)
-    strategy = _make_strategy(tf, cluster, timeout_seconds=spec.train.collective_timeout_seconds)
-    # MultiWorkerMirroredStrategy's runtime takes SIGTERM over at start-up (its own
-    # preemption notifier); take it back so SIGTERM reaches the flag the loop shares.
-    preemption.reinstall()
-    plan = _Plan.make(spec, strategy=strategy, cluster=cluster, num_train=len(splits.train))
-    tag = f"worker {cluster.index}/{cluster.num_workers}"
-    log(f"{tag}: run {run_id}: {_describe_splits(splits)}; {plan.num_replicas} replica(s), "
-        f"batch {spec.train.global_batch_size} ({plan.replica_batch} per replica)")
-
-    shards, decoded = _decode_shards(spec, splits, cluster=cluster, env=env)
+    # Decoding needs only Pillow: it runs while TensorFlow imports and the cluster
+    # connects, which would otherwise leave the cores idle for seconds.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-shards") as background:
+        decoding = background.submit(_decode_shards, spec, splits, cluster=cluster, env=env)
+        tf, keras = _import_tensorflow(cluster, spec)
+        strategy = _make_strategy(tf, cluster,
+                                  timeout_seconds=spec.train.collective_timeout_seconds)
+        # MultiWorkerMirroredStrategy's runtime takes SIGTERM over at start-up (its own
+        # preemption notifier); take it back so SIGTERM reaches the flag the loop shares.
+        preemption.reinstall()
+        plan = _Plan.make(spec, strategy=strategy, cluster=cluster, num_train=len(splits.train))
+        tag = f"worker {cluster.index}/{cluster.num_workers}"
+        log(f"{tag}: run {run_id}: {_describe_splits(splits)}; {plan.num_replicas} replica(s), "
+            f"batch {spec.train.global_batch_size} ({plan.replica_batch} per replica)")
+        shards, decoded = decoding.result()
     preemption.raise_if_set()
     model, loop = _build(tf, keras, strategy, spec, plan=plan,
                          num_classes=len(splits.class_names), run=run, out=out)
