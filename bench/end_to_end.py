@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import REPO, Child, alternate, child_env, fresh_dir, median, run_child
+from bench.measure import REPO, Child, alternate, child_env, median, run_child
 from bench.report import Figure, Target
 from bench.sizes import Sizes
-from bench.specs import SEED, VAL_SPLIT, training_spec, write_spec
+from bench.specs import SEED, VAL_SPLIT, prepare_runs
 from job.launcher import available_cores
 
 P4_TARGET = Target(at_least=False, value=0.7)
@@ -101,10 +101,8 @@ class Runner:
 def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
     """P4, M1 and P5 from ``warmups + repetitions`` rounds of the three kinds of run."""
-    runs_dir = fresh_dir(work_dir / "runs" / "e2e")
-    spec_path = write_spec(work_dir / "specs" / "e2e.yaml",
-                           training_spec(train_dir, sizes, epochs=sizes.run_epochs,
-                                         output_dir=runs_dir, name="bench-e2e"))
+    runs_dir, spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="e2e",
+                                       epochs=sizes.run_epochs)
     counter = itertools.count(1)
     runner = Runner(train_dir, sizes, spec_path, runs_dir, logs_dir=work_dir / "logs" / "e2e",
                     names=lambda kind: f"{kind}-{next(counter)}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from bench.measure import fresh_dir
 from bench.sizes import Sizes
 
 SEED = 1234
@@ -36,6 +37,16 @@ def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Pat
                   "log_every_steps": QUIET_STEPS},
         "output": {"dir": str(output_dir), "checkpoint_every_steps": QUIET_STEPS},
     }
+
+
+def prepare_runs(train_dir: Path, sizes: Sizes, *, work_dir: Path, kind: str,
+                 epochs: int) -> tuple[Path, Path]:
+    """An empty ``runs/<kind>`` folder and ``specs/<kind>.yaml`` training into it."""
+    runs_dir = fresh_dir(work_dir / "runs" / kind)
+    spec_path = write_spec(work_dir / "specs" / f"{kind}.yaml",
+                           training_spec(train_dir, sizes, epochs=epochs, output_dir=runs_dir,
+                                         name=f"bench-{kind}"))
+    return runs_dir, spec_path
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:

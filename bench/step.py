@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.measure import alternate, fresh_dir, median, run_module, timed
+from bench.measure import alternate, median, run_module, timed
 from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
-from bench.specs import training_spec, write_spec
+from bench.specs import prepare_runs
 
 P3_TARGET = Target(at_least=True, value=1.0)
 P6_TARGET = Target(at_least=True, value=0.25, percent=True)
@@ -39,10 +39,8 @@ gradients with respect to both the activations and the weights."""
 def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
     """P3 (trainjob's loop against ``model.fit``) and P6 (its share of the matmul peak)."""
-    runs_dir = fresh_dir(work_dir / "runs" / "step")
-    spec_path = write_spec(work_dir / "specs" / "step.yaml",
-                           training_spec(train_dir, sizes, epochs=sizes.step_epochs,
-                                         output_dir=runs_dir, name="bench-step"))
+    runs_dir, spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="step",
+                                       epochs=sizes.step_epochs)
     counter = itertools.count(1)
 
     def side(name: str, *args: str) -> Callable[[], dict]:
