@@ -17,6 +17,7 @@ code path, without MultiWorkerMirroredStrategy's ~2.7x single-worker overhead.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -33,7 +34,7 @@ import numpy as np
 
 from job import cluster as cluster_module
 from job import spec as spec_module
-from job.errors import EXIT_OK, RetryableError, RunFailed, SpecError, TrainjobError
+from job.errors import EXIT_OK, RetryableError, RunFailed, SpecError
 from job.spec import Spec
 
 CHECKPOINT_NAME = "ckpt"
@@ -54,24 +55,12 @@ class Result:
 def run_worker(spec: Spec, *, run_id: str, env: Mapping[str, str]) -> int:
     """Entry point of ``trainjob train``: discover the cluster, train, return the exit code.
 
-    In a multi-worker run, a lost peer or a preemption ends this process with
-    the retryable exit code at once (``os._exit``): TensorFlow's collective
-    runtime can otherwise hang at interpreter shutdown after a peer failure.
+    Errors propagate to the CLI, which prints one line and, once TensorFlow is
+    loaded, exits without interpreter teardown (``cli.run``): after a lost peer,
+    TensorFlow's collective runtime can otherwise hang there.
     """
-    cluster = cluster_module.cluster_from_env(env)
-    try:
-        train(spec, cluster=cluster, run_id=run_id, env=env)
-        code = EXIT_OK
-    except TrainjobError as error:
-        if not cluster.is_multi_worker:
-            raise
-        print(f"trainjob: error: {error}", file=sys.stderr, flush=True)
-        code = error.exit_code
-    if cluster.is_multi_worker:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    train(spec, cluster=cluster_module.cluster_from_env(env), run_id=run_id, env=env)
+    return EXIT_OK
 
 
 def train(spec: Spec, *, cluster, run_id: str, env: Mapping[str, str] | None = None,
@@ -500,18 +489,12 @@ def _make_statistics_sync(tf, strategy, model):
 
     shapes = [tuple(v.shape) for v in variables]
     sizes = [int(np.prod(shape)) for shape in shapes]
-
-    def replica_means():
-        # One flat all-reduce instead of one per variable.
-        flat = tf.concat([tf.reshape(tf.cast(v.value, "float32"), [-1]) for v in variables], 0)
-        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, flat)
-
-    @tf.function
-    def averaged():
-        return strategy.experimental_local_results(strategy.run(replica_means))[0]
+    # One flat all-reduce instead of one per variable.
+    averaged = _all_reducer(tf, strategy, tf.distribute.ReduceOp.MEAN, lambda: tf.concat(
+        [tf.reshape(tf.cast(v.value, "float32"), [-1]) for v in variables], 0))
 
     def sync():
-        values = np.split(averaged().numpy(), np.cumsum(sizes)[:-1])
+        values = np.split(averaged(), np.cumsum(sizes)[:-1])
         for variable, value, shape in zip(variables, values, shapes):
             variable.assign(value.reshape(shape).astype(str(variable.dtype)))
 
@@ -543,14 +526,28 @@ def _restore(tf, checkpoint, directory: Path, *, log, tag: str) -> int:
     return step
 
 
+def _all_reducer(tf, strategy, op, value):
+    """A function that all-reduces the float32 vector ``value()`` over every replica.
+
+    Every worker must call it at the same point: it is a collective. Each call
+    returns the reduced vector as a numpy array; tracing happens once.
+    """
+    def replica_value():
+        return tf.distribute.get_replica_context().all_reduce(op, value())
+
+    @tf.function
+    def reduced():
+        return strategy.experimental_local_results(strategy.run(replica_value))[0]
+
+    return lambda: np.asarray(reduced())
+
+
 def _gather_bad_files(tf, strategy, splits, shards, decoded, local_replicas):
     """Every worker's unreadable files, gathered so the chief's metadata lists them all.
 
     Each worker marks its bad files in a mask over the global file list (the same
     on every worker), and one all-reduce sums the masks.
     """
-    import numpy as np
-
     lists = [(name, getattr(splits, name)) for name in ("train", "val", "test")
              if getattr(splits, name) is not None]
     offsets, total = {}, 0
@@ -568,21 +565,13 @@ def _gather_bad_files(tf, strategy, splits, shards, decoded, local_replicas):
             mask[index_of[path]] = 1.0
             reasons[path] = reason
     share = tf.constant(mask / local_replicas)
-
-    def contribute():
-        context = tf.distribute.get_replica_context()
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, share)
-
-    summed = strategy.experimental_local_results(strategy.run(tf.function(contribute)))[0]
-    summed = np.asarray(summed)
+    summed = _all_reducer(tf, strategy, tf.distribute.ReduceOp.SUM, lambda: share)()
     paths = [p for _, items in lists for p in items.paths]
     return [(paths[i], reasons.get(paths[i], "unreadable (reported by another worker)"))
             for i in np.flatnonzero(summed > 0.5)]
 
 
 def _weights_sha256(model) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for weight in model.weights:
         digest.update(weight.path.encode())
@@ -592,8 +581,6 @@ def _weights_sha256(model) -> str:
 
 
 def _to_numpy(weight):
-    import numpy as np
-
     return np.ascontiguousarray(np.asarray(weight.numpy()))
 
 
