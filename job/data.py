@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from job import images
-from job.errors import DataError
+from job.errors import EXIT_BAD_INPUT, EXIT_OK, DataError
 from job.spec import DataSpec
 
 CACHE_VERSION = 2
@@ -177,9 +177,7 @@ def decode(items: ImageList, *, spec: DataSpec, cache_dir: Path | None,
     Raises:
         DataError: under ``on_bad_image: fail``, naming the first bad file.
     """
-    height, width = spec.image_size
-    channels = 3 if spec.color_mode == "rgb" else 1
-    nbytes = len(items) * height * width * channels
+    nbytes = len(items) * int(np.prod(spec.image_shape))
     use_disk = spec.cache == "disk" or (
         spec.cache == "auto" and nbytes > spec.cache_memory_mb * 2**20)
     if use_disk and cache_dir is not None:
@@ -229,14 +227,12 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
         except (OSError, ValueError, KeyError):
             pass  # A damaged cache is rebuilt below, never trusted.
     cache_dir.mkdir(parents=True, exist_ok=True)
-    height, width = spec.image_size
-    channels = 3 if spec.color_mode == "rgb" else 1
     # Decode straight into the memory-mapped file: the pixels never need to fit in memory.
     fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npy", dir=cache_dir)
     os.close(fd)
     try:
         target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                           shape=(len(items), height, width, channels))
+                                           shape=(len(items), *spec.image_shape))
         _, kept, bad = images.decode_many(list(items.paths), size=spec.image_size,
                                           color_mode=spec.color_mode, workers=workers,
                                           out=target)
@@ -274,7 +270,7 @@ class ScanReport:
         return "\n".join(lines)
 
     def exit_code(self, policy: str) -> int:
-        return 2 if self.bad and policy == "fail" else 0
+        return EXIT_BAD_INPUT if self.bad and policy == "fail" else EXIT_OK
 
 
 def scan(spec: DataSpec, *, seed: int) -> ScanReport:

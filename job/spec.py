@@ -78,6 +78,12 @@ class DataSpec:
     decode_workers: int = 0
     """Decoder threads; 0: one per CPU core available to this worker."""
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of every decoded image and of the model's input."""
+        height, width = self.image_size
+        return (height, width, 3 if self.color_mode == "rgb" else 1)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -399,12 +405,15 @@ def _cross_checks(r: _Reader, spec: Spec) -> None:
                "set data.val_split: 0.2 or give data.val_dir")
 
 
-def check_worker_count(spec: Spec, workers: int) -> None:
-    """Check the spec against the actual number of workers (known only at run time)."""
+def check_worker_count(spec: Spec, workers: int, *, unit: str = "workers") -> None:
+    """Check that the global batch splits evenly over ``workers`` (known only at run time).
+
+    Also used with ``unit="replicas"`` once the strategy knows its replica count.
+    """
     if spec.train.global_batch_size % workers:
         raise SpecError(
             f"train.global_batch_size={spec.train.global_batch_size} is not divisible by "
-            f"workers={workers}; use a multiple of {workers}.")
+            f"{unit}={workers}; use a multiple of {workers}.")
 
 
 class _Reader:

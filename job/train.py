@@ -34,7 +34,7 @@ import numpy as np
 
 from job import cluster as cluster_module
 from job import spec as spec_module
-from job.errors import EXIT_OK, RetryableError, RunFailed, SpecError
+from job.errors import EXIT_OK, RetryableError, RunFailed
 from job.spec import Spec
 
 CHECKPOINT_NAME = "ckpt"
@@ -171,18 +171,14 @@ class _Plan:
         from job import data
 
         num_replicas = strategy.num_replicas_in_sync
-        if spec.train.global_batch_size % num_replicas:
-            raise SpecError(f"train.global_batch_size={spec.train.global_batch_size} is not "
-                            f"divisible by the {num_replicas} replicas; use a multiple of "
-                            f"{num_replicas}.")
+        spec_module.check_worker_count(spec, num_replicas, unit="replicas")
         steps_per_epoch = data.steps_per_epoch(num_train, spec.train.global_batch_size)
-        height, width = spec.data.image_size
         return cls(num_replicas=num_replicas,
                    local_replicas=max(1, num_replicas // cluster.num_workers),
                    replica_batch=spec.train.global_batch_size // num_replicas,
                    steps_per_epoch=steps_per_epoch,
                    total_steps=steps_per_epoch * spec.train.epochs,
-                   input_shape=(height, width, 3 if spec.data.color_mode == "rgb" else 1))
+                   input_shape=spec.data.image_shape)
 
 
 @dataclass(frozen=True)
