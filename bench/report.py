@@ -9,14 +9,13 @@ Never touches: measuring, processes, TensorFlow.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.measure import median
+from job.atomic import replacing
 
 
 @dataclass(frozen=True)
@@ -103,18 +102,9 @@ def results(figures: Sequence[Figure], *, mode: str, environment: dict[str, Any]
 
 def write_json(path: Path, document: dict[str, Any]) -> Path:
     """Write ``document`` atomically: a reader never sees half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return Path(path)
 
 
 def table(document: dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from job import images
+from job.atomic import replacing
 from job.errors import EXIT_BAD_INPUT, EXIT_OK, DataError
 from job.spec import DataSpec
 
@@ -226,11 +226,8 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
                                tuple(tuple(b) for b in meta["bad"]))
         except (OSError, ValueError, KeyError):
             pass  # A damaged cache is rebuilt below, never trusted.
-    cache_dir.mkdir(parents=True, exist_ok=True)
     # Decode straight into the memory-mapped file: the pixels never need to fit in memory.
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npy", dir=cache_dir)
-    os.close(fd)
-    try:
+    with replacing(pixels_path, suffix=".npy") as tmp:
         target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                            shape=(len(items), *spec.image_shape))
         _, kept, bad = images.decode_many(list(items.paths), size=spec.image_size,
@@ -238,16 +235,10 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
                                           out=target)
         target.flush()
         del target
-        os.replace(tmp, pixels_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     labels = items.labels[np.asarray(kept, dtype=np.int64)]
-    # The labels file is written last and renamed: a crash never leaves a cache to be trusted.
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".json", dir=cache_dir)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"labels": labels.tolist(), "bad": [list(b) for b in bad]}, handle)
-    os.replace(tmp, meta_path)
+    # The labels file is written last: a crash never leaves a cache to be trusted.
+    with replacing(meta_path) as tmp:
+        tmp.write_text(json.dumps({"labels": labels.tolist(), "bad": [list(b) for b in bad]}))
     return Decoded(np.load(pixels_path, mmap_mode="r")[:len(labels)], labels, tuple(bad))
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from job.atomic import replacing
+
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "images_per_second", "seconds")
 SCRATCH_ENV = "TRAINJOB_SCRATCH_DIR"
@@ -108,16 +110,9 @@ class RunDir:
 
     def save_model(self, model) -> tuple[Path, str]:
         """Save ``model`` as HDF5 under a temp name, rename it into place; return (path, sha256)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".h5", dir=self.root)
-        os.close(fd)
-        try:
-            _quietly_save(model, tmp)
-            digest = sha256_file(Path(tmp))
-            os.replace(tmp, self.model_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with replacing(self.model_path, suffix=".h5") as tmp:
+            _quietly_save(model, str(tmp))
+            digest = sha256_file(tmp)
         return self.model_path, digest
 
     def cleanup(self) -> None:
@@ -147,15 +142,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
