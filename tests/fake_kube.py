@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from job.launcher import free_ports
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO_ROOT / "k8s"
 """The kustomize base whose rbac.yaml the RBAC mode enforces."""
@@ -660,12 +662,8 @@ class FakeKube:
 
     def _on_job_created(self, job: dict) -> None:
         if self.run_processes:
-            sockets = [socket.socket() for _ in range(job["spec"].get("completions", 1))]
-            for s in sockets:
-                s.bind(("127.0.0.1", 0))
-            self._job_ports[job["metadata"]["name"]] = [s.getsockname()[1] for s in sockets]
-            for s in sockets:
-                s.close()
+            self._job_ports[job["metadata"]["name"]] = free_ports(
+                job["spec"].get("completions", 1))
 
 
 # --- HTTP ------------------------------------------------------------------------------
