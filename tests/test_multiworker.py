@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,12 @@ class Launcher:
                     pytest.fail("expected line never came; log:\n" + self.log())
                 self._changed.wait(timeout=1.0)
 
+    def signal_worker_at_step(self, run_id: str, index: int, sig: signal.Signals, *,
+                              step: int) -> None:
+        """Send ``sig`` to worker ``index`` once the chief has logged global ``step`` or later."""
+        self.wait_for_line(lambda line: (global_step(line) or 0) >= step)
+        os.kill(worker_pid(run_id, index), sig)
+
     def wait(self) -> int:
         code = self.process.wait(timeout=RUN_DEADLINE_SECONDS)
         self._reader.join(timeout=10)
@@ -85,6 +92,11 @@ def worker_pid(run_id: str, index: int) -> int:
         if wanted <= environ and b"train" in cmdline:
             return int(entry.name)
     raise AssertionError(f"no worker {index} of run {run_id} is running")
+
+
+def steps_logged(log: str, phrase: str) -> list[int]:
+    """The N of every log line that says '<phrase> ... at step N'."""
+    return [int(step) for step in re.findall(rf"{phrase}.*? at step (\d+)", log)]
 
 
 def global_step(line: str) -> int | None:
@@ -143,15 +155,12 @@ def test_killed_worker_restarts_group_which_resumes_from_checkpoint(shapes_data,
     launcher, out, run_id = start_long_run(shapes_data, tmp_path, env, checkpoint_every=4,
                                            max_restarts=1)
     # Kill once a checkpoint exists (step 4) and the run is well under way.
-    launcher.wait_for_line(lambda line: (global_step(line) or 0) >= 10)
-    os.kill(worker_pid(run_id, 1), signal.SIGKILL)
+    launcher.signal_worker_at_step(run_id, 1, signal.SIGKILL, step=10)
     assert launcher.wait() == 0, launcher.log()
 
-    log = launcher.log()
-    assert "restarting the group" in log
-    resumed = [line for line in log.splitlines() if "resumed from checkpoint" in line]
-    assert resumed, log
-    steps_resumed = {int(line.rsplit("at step ", 1)[1]) for line in resumed}
+    assert "restarting the group" in launcher.log()
+    steps_resumed = set(steps_logged(launcher.log(), "resumed from checkpoint"))
+    assert steps_resumed, launcher.log()
     assert all(step > 0 for step in steps_resumed)
     metrics = json.loads((out / run_id / "metrics.json").read_text())
     assert metrics["steps"] == 12 * (180 // 16)
@@ -162,16 +171,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_retryable(shapes_data, tmp_path, e
     # Checkpoints only at epoch ends (and on SIGTERM): the preemption save is the one we see.
     launcher, out, run_id = start_long_run(shapes_data, tmp_path, env, checkpoint_every=1000,
                                            max_restarts=0)
-    launcher.wait_for_line(lambda line: (global_step(line) or 0) >= 6)
-    os.kill(worker_pid(run_id, 1), signal.SIGTERM)
+    launcher.signal_worker_at_step(run_id, 1, signal.SIGTERM, step=6)
     assert launcher.wait() == 75, launcher.log()
 
-    log = launcher.log()
-    saved = [line for line in log.splitlines() if "checkpoint saved at step" in line]
-    assert saved, log
-    step = int(saved[0].split("checkpoint saved at step ", 1)[1].split(";")[0])
+    saved = steps_logged(launcher.log(), "checkpoint saved")
+    assert saved, launcher.log()
+    step = saved[0]
     # Both workers stopped at the same step, and the chief's checkpoint for it is on disk.
-    assert {int(line.split("at step ", 1)[1].split(";")[0]) for line in saved} == {step}
+    assert set(saved) == {step}
     assert (out / run_id / "checkpoints" / f"ckpt-{step}.index").exists()
     assert not (out / run_id / "model.h5").exists()
 
