@@ -69,9 +69,13 @@ RESAMPLE = Image.Resampling.BILINEAR
 on one core), where resizing costs as much as decoding; against LANCZOS its mean
 error is 0.52 grey levels against BICUBIC's 0.35, well below what training notices."""
 
-REDUCING_GAP = 3.0
-"""Pillow first box-reduces by an integer factor while the image stays >= 3x the
-target, then resamples: 2-3x faster on large PNGs, error still below BILINEAR's."""
+REDUCING_GAP = 1.0
+"""Pillow first box-reduces each axis by the largest integer factor that keeps it at
+least the target size, then resamples the rest. On 512x384 JPEGs to 128x128 (drafted
+to 256x192, so the width halves by a box) decode plus resize runs 20% faster than with
+3.0 (1.07 vs 1.33 ms a photo), and on 2048x1536 images 30% faster; the mean error
+against a full decode with LANCZOS stays under one grey level either way (0.79 vs 0.76,
+and 0.66 vs 0.64), where Keras's loader (no antialiasing) is at 3.0."""
 
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 """Pillow formats opened; anything else, whatever its extension, is not an image.
