@@ -108,8 +108,9 @@ class TrainSpec:
     """The Keras default for Adam."""
     seed: int = 1234
     """Seeds the split, shuffling, augmentation and weight init."""
-    mixed_precision: bool = False
-    """mixed_float16 on GPU, mixed_bfloat16 on CPU; off because small CPU runs gain little."""
+    mixed_precision: bool | str = "auto"
+    """auto: 16-bit math where the hardware has it natively (GPU tensor cores: mixed_float16;
+    CPUs with AVX512_BF16/AMX: mixed_bfloat16), else float32. true forces it, false is off."""
     log_every_steps: int = 20
     """Steps between progress lines when stdout is not a terminal."""
     collective_timeout_seconds: int = 300
@@ -301,7 +302,7 @@ def _train(r: _Reader, d: dict) -> TrainSpec:
         learning_rate=r.number(d, "train.learning_rate", 0.001, low=0.0, high=10.0,
                                exclusive_low=True),
         seed=r.integer(d, "train.seed", 1234, low=0, high=2**31 - 1),
-        mixed_precision=r.boolean(d, "train.mixed_precision", False),
+        mixed_precision=r.boolean_or_auto(d, "train.mixed_precision", "auto"),
         log_every_steps=r.integer(d, "train.log_every_steps", 20, low=1),
         collective_timeout_seconds=r.integer(d, "train.collective_timeout_seconds", 300,
                                              low=5, high=86400),
@@ -504,6 +505,12 @@ class _Reader:
         value = self._get(d, key, default, False)
         if not isinstance(value, bool):
             self.fail(key, value, "true or false", "write true or false without quotes")
+        return value
+
+    def boolean_or_auto(self, d: dict, key: str, default: bool | str) -> bool | str:
+        value = self._get(d, key, default, False)
+        if not isinstance(value, bool) and value != "auto":
+            self.fail(key, value, "auto, true or false", "write one of those without quotes")
         return value
 
     def choice(self, d: dict, key: str, choices: tuple[str, ...], default: str) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from job import cluster as cluster_module
+from job import precision as precision_module
 from job import spec as spec_module
 from job.errors import EXIT_OK, RetryableError, RunFailed
 from job.spec import Spec
@@ -104,9 +105,11 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
         # preemption notifier); take it back so SIGTERM reaches the flag the loop shares.
         preemption.reinstall()
         plan = _Plan.make(spec, strategy=strategy, cluster=cluster, num_train=len(splits.train))
+        precision = _set_precision(tf, keras, strategy, spec, cluster=cluster)
         tag = f"worker {cluster.index}/{cluster.num_workers}"
         log(f"{tag}: run {run_id}: {_describe_splits(splits)}; {plan.num_replicas} replica(s), "
-            f"batch {spec.train.global_batch_size} ({plan.replica_batch} per replica)")
+            f"batch {spec.train.global_batch_size} ({plan.replica_batch} per replica); "
+            f"{precision.describe()}")
         shards, decoded = decoding.result()
     preemption.raise_if_set()
     model, loop = _build(tf, keras, strategy, spec, plan=plan,
@@ -142,13 +145,15 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
         "steps_per_epoch": plan.steps_per_epoch, "resumed_from_step": start_step,
         "images_per_second": trained.images_per_second,
         "workers": cluster.num_workers, "replicas": plan.num_replicas,
-        "global_batch_size": spec.train.global_batch_size,
+        "global_batch_size": spec.train.global_batch_size, "precision": precision.policy,
         "duration_seconds": time.time() - started,
         "skipped_images": len(bad), "skipped_files": [{"path": p, "reason": r} for p, r in bad],
         "classes": list(splits.class_names),
         "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
         "python_version": platform.python_version(), "run_id": run_id,
     }
+    if precision.is_mixed:
+        model = _float32_copy(keras, model, spec, plan=plan, num_classes=len(splits.class_names))
     _export(run, model, metrics=metrics, spec=spec, class_names=splits.class_names, log=log,
             tag=tag)
     return Result(metrics=metrics, run_dir=run.shared)
@@ -225,14 +230,11 @@ def _decode_shards(spec: Spec, splits, *, cluster, env: Mapping[str, str]):
 def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, run,
            out) -> tuple[Any, _Loop]:
     """Create every variable under the strategy's scope, and the functions that use them."""
-    from job.model import build_model
     from job.progress import Progress
 
     with strategy.scope():
-        model = build_model(input_shape=plan.input_shape, num_classes=num_classes,
-                            backbone=spec.model.backbone, weights=spec.model.weights,
-                            dropout=spec.model.dropout, augment=spec.model.augment,
-                            seed=spec.train.seed)
+        model = _build_model(spec, plan=plan, num_classes=num_classes,
+                             weights=spec.model.weights)
         optimizer = _make_optimizer(keras, spec)
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
@@ -257,6 +259,29 @@ def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, ru
         progress=Progress(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
                           every=spec.train.log_every_steps, out=out, enabled=is_chief),
     )
+
+
+def _build_model(spec: Spec, *, plan: _Plan, num_classes: int, weights):
+    from job.model import build_model
+
+    return build_model(input_shape=plan.input_shape, num_classes=num_classes,
+                       backbone=spec.model.backbone, weights=weights,
+                       dropout=spec.model.dropout, augment=spec.model.augment,
+                       seed=spec.train.seed)
+
+
+def _float32_copy(keras, model, spec: Spec, *, plan: _Plan, num_classes: int):
+    """The trained ``model`` rebuilt with float32 layers, for export.
+
+    Mixed precision keeps every variable in float32, so the weights carry over
+    exactly; only the layers' compute dtype changes. A float32 model.h5 predicts
+    the same on any machine, where a bfloat16 one would crawl on CPUs without
+    native bfloat16.
+    """
+    keras.mixed_precision.set_global_policy("float32")
+    copy = _build_model(spec, plan=plan, num_classes=num_classes, weights=None)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _evaluator(strategy, loop: _Loop, decoded, *, splits, plan: _Plan, cluster):
@@ -389,13 +414,24 @@ def _import_tensorflow(cluster, spec: Spec):
     import keras
     import tensorflow as tf
 
-    if spec.train.mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
-    else:
-        keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(spec.train.seed)
     return tf, keras
+
+
+def _set_precision(tf, keras, strategy, spec: Spec, *, cluster) -> precision_module.Choice:
+    """Choose the dtype policy (``job.precision``), agree on it across workers, set it."""
+    choice = precision_module.choose(
+        spec.train.mixed_precision, gpu_capabilities=precision_module.gpu_capabilities(tf),
+        cpu_flags=precision_module.cpu_flags())
+    if cluster.is_multi_worker and spec.train.mixed_precision == "auto":
+        # Loss scaling changes the step and the checkpoint: every worker must train
+        # alike, so one worker whose hardware says float32 makes them all float32.
+        votes = _all_reducer(tf, strategy, tf.distribute.ReduceOp.SUM,
+                             lambda: tf.constant([0.0 if choice.is_mixed else 1.0]))()
+        if votes[0] > 0 and choice.is_mixed:
+            choice = precision_module.PEER_FLOAT32
+    keras.mixed_precision.set_global_policy(choice.policy)
+    return choice
 
 
 def _make_strategy(tf, cluster, *, timeout_seconds: int):

@@ -47,6 +47,7 @@ BAD_SPECS = [
     (_with("train.optimizer", "lion"), "train.optimizer"),
     (_with("train.learning_rate", 0), "train.learning_rate"),
     (_with("train.mixed_precision", "yes"), "train.mixed_precision"),
+    (_with("train.mixed_precision", "Auto"), "train.mixed_precision"),
     (_with("train.steps_per_call", 0), "train.steps_per_call"),
     (_with("output.checkpoint_every_steps", 0), "output.checkpoint_every_steps"),
     ({**GOOD, "train": {"global_batch_size": 100}, "cluster": {"workers": 3}},
@@ -122,6 +123,14 @@ def test_example_spec_loads_with_every_section():
     assert loaded.cluster.workers == 2
     assert loaded.cluster.models_volume.claim == "trainjob-models"
     assert loaded.data.image_size == (64, 64)
+
+
+@pytest.mark.parametrize(("value", "loaded"), [(None, "auto"), ("auto", "auto"), (True, True),
+                                               (False, False)])
+def test_mixed_precision_is_auto_true_or_false(tmp_path, value, loaded):
+    document = GOOD if value is None else _with("train.mixed_precision", value)
+
+    assert spec.from_dict(document, base_dir=tmp_path).train.mixed_precision == loaded
 
 
 def test_spec_is_frozen_and_round_trips_through_to_dict(tmp_path):

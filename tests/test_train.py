@@ -414,16 +414,64 @@ def test_local_weights_file_is_loaded_before_training(shapes_data, tmp_path):
                                    err_msg=weight.path)
 
 
-def test_mixed_precision_trains_one_epoch_in_bfloat16_on_cpu(shapes_data, tmp_path):
+def test_mixed_precision_trains_in_bfloat16_on_cpu_and_exports_float32(shapes_data, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from job.model import build_model
+
     spec = one_epoch(shapes_data, tmp_path / "models", train={"mixed_precision": True})
 
     run = succeeded(train(tmp_path, spec, run_id="mixed"))
 
     metrics = run.metrics()
+    assert metrics["precision"] == "mixed_bfloat16"
+    assert "precision mixed_bfloat16 (train.mixed_precision: true)" in run.out
     assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
     model = load_model(run.run_dir / "model.h5")
-    conv = model.get_layer("block0_conv0")
-    assert conv.dtype_policy.name == "mixed_bfloat16"
-    predicted = model(decoded_test_set(shapes_data), training=False)
-    assert np.asarray(predicted).dtype == np.float32  # The softmax stays in float32.
-    np.testing.assert_allclose(np.asarray(predicted).sum(axis=1), 1.0, atol=1e-5)
+    # The export computes in float32 everywhere, so it predicts alike on any machine...
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    predicted = np.asarray(model(decoded_test_set(shapes_data), training=False))
+    assert predicted.dtype == np.float32
+    np.testing.assert_allclose(predicted.sum(axis=1), 1.0, atol=1e-5)
+    # ...with exactly the weights that trained in bfloat16 (the final checkpoint's).
+    keras.mixed_precision.set_global_policy("float32")
+    trained = build_model(input_shape=(32, 32, 3), num_classes=4)
+    checkpoint = tf.train.Checkpoint(model=trained)
+    checkpoint.restore(tf.train.latest_checkpoint(str(run.run_dir / "checkpoints"))
+                       ).expect_partial()
+    exported = {w.path: w.numpy() for w in model.weights}
+    assert exported.keys() == {w.path for w in trained.weights}
+    for weight in trained.weights:
+        np.testing.assert_array_equal(exported[weight.path], weight.numpy(), err_msg=weight.path)
+
+
+def test_auto_precision_on_a_tensor_core_gpu_trains_float16_with_loss_scaling(
+        shapes_data, tmp_path, monkeypatch):
+    # No GPU here: pretend the hardware answered "compute capability 8.0", so the
+    # float16 path (LossScaleOptimizer, scaled loss, unscaled gradients) runs on CPU.
+    from job import precision
+
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(8, 0)])
+    spec = one_epoch(shapes_data, tmp_path / "models")
+
+    run = succeeded(train(tmp_path, spec, run_id="fp16"))
+
+    metrics = run.metrics()
+    assert metrics["precision"] == "mixed_float16"
+    assert "precision mixed_float16 (auto: GPU compute capability 8.0 has tensor cores)" in run.out
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
+    model = load_model(run.run_dir / "model.h5")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_mixed_precision_false_trains_in_float32(shapes_data, tmp_path):
+    spec = one_epoch(shapes_data, tmp_path / "models", train={"mixed_precision": False})
+
+    run = succeeded(train(tmp_path, spec, run_id="f32"))
+
+    assert run.metrics()["precision"] == "float32"
+    assert "precision float32 (train.mixed_precision: false)" in run.out
+
+

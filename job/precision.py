@@ -1,0 +1,111 @@
+"""Compute precision: which Keras dtype policy a run trains with, and why.
+
+Owns: the meaning of ``train.mixed_precision`` (auto, true, false), the
+hardware facts that decide ``auto`` (GPU compute capability, the CPU's bfloat16
+instructions), and the sentence that tells the user what was chosen.
+Never touches: TensorFlow's global state (``job.train`` sets the policy), the
+model, the spec file.
+
+Mixed precision computes layers in 16 bits while every variable, the loss and
+the softmax stay in float32. It pays only where the hardware does 16-bit math
+natively; elsewhere it is emulated and slower. So ``auto`` turns it on only for:
+
+* GPUs of compute capability 7.0 or newer (tensor cores): ``mixed_float16``,
+  trained with loss scaling;
+* CPUs with AVX512_BF16 or AMX-BF16 instructions: ``mixed_bfloat16``.
+
+Everything else trains in float32. The exported ``model.h5`` is float32 either
+way, so it loads and predicts the same on any machine.
+
+Example:
+    >>> choose("auto", gpu_capabilities=[], cpu_flags={"avx512_bf16"}).policy
+    'mixed_bfloat16'
+    >>> choose("auto", gpu_capabilities=[(6, 1)], cpu_flags=set()).policy
+    'float32'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+TENSOR_CORES = (7, 0)
+"""Lowest CUDA compute capability with float16 tensor cores (Volta)."""
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""/proc/cpuinfo flags of x86 CPUs that compute bfloat16 natively."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The dtype policy of a run and the reason, in a few words, for the log."""
+
+    policy: str
+    """A Keras dtype policy: float32, mixed_bfloat16 or mixed_float16."""
+    reason: str
+
+    @property
+    def is_mixed(self) -> bool:
+        return self.policy != "float32"
+
+    def describe(self) -> str:
+        return f"precision {self.policy} ({self.reason})"
+
+
+def choose(requested: str | bool, *, gpu_capabilities: Sequence[tuple[int, int]],
+           cpu_flags: Iterable[str]) -> Choice:
+    """The policy for ``train.mixed_precision`` on this hardware.
+
+    Args:
+        requested: "auto", True or False (the spec's value).
+        gpu_capabilities: (major, minor) CUDA compute capability of each GPU this
+            process trains on; empty on a CPU-only machine.
+        cpu_flags: the CPU's feature flags (as /proc/cpuinfo spells them).
+    """
+    gpus = list(gpu_capabilities)
+    if requested is False:
+        return Choice("float32", "train.mixed_precision: false")
+    if requested is True:
+        return Choice("mixed_float16" if gpus else "mixed_bfloat16",
+                      "train.mixed_precision: true")
+    if requested != "auto":
+        raise ValueError(f"mixed_precision={requested!r}: expected 'auto', True or False")
+    if gpus:
+        oldest = min(gpus)
+        if oldest >= TENSOR_CORES:
+            return Choice("mixed_float16", f"auto: GPU compute capability "
+                                           f"{oldest[0]}.{oldest[1]} has tensor cores")
+        return Choice("float32", f"auto: GPU compute capability {oldest[0]}.{oldest[1]} has "
+                                 "no tensor cores")
+    native = sorted(CPU_BF16_FLAGS & set(cpu_flags))
+    if native:
+        return Choice("mixed_bfloat16", f"auto: the CPU has {native[0].upper()}")
+    return Choice("float32", "auto: no GPU, and the CPU has no bfloat16 instructions")
+
+
+PEER_FLOAT32 = Choice("float32", "auto: a peer worker's hardware has no native 16-bit math")
+"""What every worker of a group trains with when any one of them chose float32 on auto:
+the workers must agree, since loss scaling changes the step and the checkpoint."""
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags; empty where /proc/cpuinfo is missing (not Linux)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def gpu_capabilities(tf) -> list[tuple[int, int]]:
+    """(major, minor) compute capability of each visible GPU; (0, 0) when unreported."""
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = details.get("compute_capability") or (0, 0)
+        capabilities.append((int(capability[0]), int(capability[1])))
+    return capabilities

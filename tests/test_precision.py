@@ -1,0 +1,65 @@
+"""job.precision: which dtype policy train.mixed_precision means on which hardware."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from job import precision
+from job.precision import choose
+
+BF16_CPU = {"fpu", "avx2", "avx512f", "avx512_bf16"}
+AMX_CPU = {"avx2", "amx_tile", "amx_bf16"}
+PLAIN_CPU = {"fpu", "avx2", "avx512f"}
+
+
+@pytest.mark.parametrize(("requested", "gpus", "flags", "policy", "reason"), [
+    ("auto", [], BF16_CPU, "mixed_bfloat16", "auto: the CPU has AVX512_BF16"),
+    ("auto", [], AMX_CPU, "mixed_bfloat16", "auto: the CPU has AMX_BF16"),
+    ("auto", [], PLAIN_CPU, "float32", "auto: no GPU, and the CPU has no bfloat16 instructions"),
+    ("auto", [(8, 0)], PLAIN_CPU, "mixed_float16",
+     "auto: GPU compute capability 8.0 has tensor cores"),
+    ("auto", [(7, 0), (9, 0)], PLAIN_CPU, "mixed_float16",
+     "auto: GPU compute capability 7.0 has tensor cores"),
+    # The oldest GPU decides: one without tensor cores would run float16 emulated.
+    ("auto", [(8, 6), (6, 1)], BF16_CPU, "float32",
+     "auto: GPU compute capability 6.1 has no tensor cores"),
+    # With a GPU, the CPU's instructions do not matter: the GPU computes.
+    ("auto", [(6, 0)], BF16_CPU, "float32", "auto: GPU compute capability 6.0 has no tensor cores"),
+    (True, [], PLAIN_CPU, "mixed_bfloat16", "train.mixed_precision: true"),
+    (True, [(6, 1)], PLAIN_CPU, "mixed_float16", "train.mixed_precision: true"),
+    (False, [(8, 0)], BF16_CPU, "float32", "train.mixed_precision: false"),
+    (False, [], BF16_CPU, "float32", "train.mixed_precision: false"),
+])
+def test_choose(requested, gpus, flags, policy, reason):
+    choice = choose(requested, gpu_capabilities=gpus, cpu_flags=flags)
+
+    assert (choice.policy, choice.reason) == (policy, reason)
+    assert choice.is_mixed == (policy != "float32")
+    assert choice.describe() == f"precision {policy} ({reason})"
+
+
+def test_choose_rejects_other_values():
+    with pytest.raises(ValueError, match="'yes'"):
+        choose("yes", gpu_capabilities=[], cpu_flags=set())
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path: Path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n"
+                       "flags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n"
+                       "flags\t\t: fpu avx2 avx512_bf16\n")
+
+    assert precision.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+
+
+def test_cpu_flags_reads_arm_features(tmp_path: Path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+
+    assert precision.cpu_flags(cpuinfo) == {"fp", "asimd", "bf16"}
+
+
+def test_cpu_flags_is_empty_without_cpuinfo(tmp_path: Path):
+    assert precision.cpu_flags(tmp_path / "missing") == frozenset()
