@@ -11,6 +11,12 @@ Never touches: the model, files other than the photo folder.
 P1 times everything up to the first epoch's last batch, listing and decoding
 included; P2 times the second epoch alone. Keras decodes every epoch again (it
 has no cache unless the user adds one), so its second epoch is its first.
+
+A third side in the same rounds measures the floor of any libjpeg-based
+decoder on these files: Pillow decoding every photo at its smallest DCT scale
+(1/8, 64x48), with no resize and one thread per core. That is entropy
+(Huffman) decoding plus the cheapest IDCT, work no decoder of these files can
+skip, so P1 can never exceed floor / Keras. It is kept in P1's details.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import alternate, run_module, timed
+from bench.measure import alternate, median, run_module, timed
 from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
 
@@ -54,17 +60,22 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
             return TwoEpochs(**result)
         return one_pass
 
-    runs = alternate({"trainjob": side("trainjob"), "keras": side("keras")},
+    runs = alternate({"trainjob": side("trainjob"), "keras": side("keras"),
+                      "floor": side("floor")},
                      repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
                      label="P1/P2 input pipeline")
     ours, theirs = runs["trainjob"], runs["keras"]
+    floor = median([r.first for r in runs["floor"]])
     where = {"images": sizes.photos, "photo_size": list(sizes.photo_size),
              "decoded_to": [height, width], "batch_size": sizes.batch_size}
     return [
         Figure.of("P1", title="Input pipeline, first epoch (list + decode + resize + batch)",
                   unit="images/s", reference_name="image_dataset_from_directory",
                   target=P1_TARGET, trainjob=[r.first for r in ours],
-                  reference=[r.first for r in theirs], **where),
+                  reference=[r.first for r in theirs], **where,
+                  floor_images_per_second=floor,
+                  floor_ratio=floor / median([r.first for r in theirs]),
+                  floor_method="Pillow draft to 1/8 scale, no resize, one thread per core"),
         Figure.of("P2", title="Input pipeline, later epochs", unit="images/s",
                   reference_name="the same Keras dataset, second epoch", target=P2_TARGET,
                   trainjob=[r.later for r in ours], reference=[r.later for r in theirs],
@@ -109,6 +120,31 @@ def keras_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
     return TwoEpochs(first_images / first_seconds, later_images / later_seconds)
 
 
+def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> TwoEpochs:
+    """The least work a libjpeg decoder can do on each photo: a 1/8-scale decode, no resize."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from job import data
+    from job.images import available_cpus
+
+    def smallest(path: str) -> None:
+        with Image.open(path, formats=["JPEG"]) as image:
+            image.draft("RGB", (1, 1))  # the smallest scale libjpeg offers: 1/8
+            image.load()
+
+    def decode_all() -> int:
+        paths = data.list_images(folder, key="data.train_dir").paths
+        with ThreadPoolExecutor(max_workers=available_cpus()) as pool:
+            list(pool.map(smallest, paths, chunksize=max(1, len(paths) // 64)))
+        return len(paths)
+
+    count, seconds = timed(decode_all)
+    rate = count / seconds
+    return TwoEpochs(rate, rate)
+
+
 def _count(batches: Iterable, limit: int | None) -> int:
     """Images in the next ``limit`` batches (all of them for None)."""
     images = 0
@@ -122,7 +158,7 @@ def _count(batches: Iterable, limit: int | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """One pass of one side; writes ``{"first": ..., "later": ...}`` to ``--result``."""
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline")
-    parser.add_argument("side", choices=("trainjob", "keras"))
+    parser.add_argument("side", choices=("trainjob", "keras", "floor"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--height", type=int, required=True)
     parser.add_argument("--width", type=int, required=True)
@@ -131,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import keras  # noqa: F401  Both sides start their clocks with TensorFlow loaded.
 
-    one_pass = trainjob_pass if args.side == "trainjob" else keras_pass
+    one_pass = {"trainjob": trainjob_pass, "keras": keras_pass, "floor": floor_pass}[args.side]
     result = one_pass(args.folder, image_size=(args.height, args.width),
                       batch_size=args.batch_size)
     write_json(args.result, dataclasses.asdict(result))

@@ -26,26 +26,31 @@ QUIET_STEPS = 1_000_000
 
 
 def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Path,
-                  name: str) -> dict[str, Any]:
-    """A trainjob spec dict for ``epochs`` on the shapes in ``train_dir`` (pure)."""
+                  name: str, mixed_precision: bool | str = "auto") -> dict[str, Any]:
+    """A trainjob spec dict for ``epochs`` on the shapes in ``train_dir`` (pure).
+
+    ``mixed_precision`` stays at trainjob's default (auto) unless a figure asks
+    for the float32 loop on purpose.
+    """
     side = sizes.train_image_size
     return {
         "name": name,
         "data": {"train_dir": str(train_dir), "val_split": VAL_SPLIT,
                  "image_size": [side, side]},
         "train": {"epochs": epochs, "global_batch_size": sizes.batch_size, "seed": SEED,
-                  "log_every_steps": QUIET_STEPS},
+                  "log_every_steps": QUIET_STEPS, "mixed_precision": mixed_precision},
         "output": {"dir": str(output_dir), "checkpoint_every_steps": QUIET_STEPS},
     }
 
 
 def prepare_runs(train_dir: Path, sizes: Sizes, *, work_dir: Path, kind: str,
-                 epochs: int) -> tuple[Path, Path]:
+                 epochs: int, mixed_precision: bool | str = "auto") -> tuple[Path, Path]:
     """An empty ``runs/<kind>`` folder and ``specs/<kind>.yaml`` training into it."""
     runs_dir = fresh_dir(work_dir / "runs" / kind)
     spec_path = write_spec(work_dir / "specs" / f"{kind}.yaml",
                            training_spec(train_dir, sizes, epochs=epochs, output_dir=runs_dir,
-                                         name=f"bench-{kind}"))
+                                         name=f"bench-{kind}",
+                                         mixed_precision=mixed_precision))
     return runs_dir, spec_path
 
 

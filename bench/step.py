@@ -9,9 +9,15 @@ runs ``model.compile`` + ``model.fit`` on those arrays with the same model,
 optimizer and batch, timing each epoch with a callback. In every process the
 first epoch is a warm-up (it traces the step function) and the median of the
 later epochs is that round's figure.
+trainjob trains at its defaults, so with ``train.mixed_precision: auto`` it
+computes in bfloat16 on CPUs that have it natively, while ``model.fit`` runs at
+Keras's float32 default, what a user gets without changing anything. A third
+side, trainjob with ``mixed_precision: false``, is measured in the same rounds
+and kept in P3's details, so the loop's own gain stays visible.
 P6: training FLOPs per image counted from the model's layer shapes, times P3's
 images per second, over the median of timed large ``tf.matmul`` calls made in
-the same process right after training, so a busy machine slows both alike.
+the same process right after training, in the dtype the training computed in
+(bfloat16 under mixed_bfloat16), so a busy machine slows both alike.
 Never touches: the photo set, the end-to-end runs.
 """
 
@@ -39,39 +45,55 @@ gradients with respect to both the activations and the weights."""
 def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
     """P3 (trainjob's loop against ``model.fit``) and P6 (its share of the matmul peak)."""
-    runs_dir, spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="step",
-                                       epochs=sizes.step_epochs)
+    _, spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="step",
+                                epochs=sizes.step_epochs)
+    _, float32_spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="step-float32",
+                                        epochs=sizes.step_epochs, mixed_precision=False)
     counter = itertools.count(1)
 
-    def side(name: str, *args: str) -> Callable[[], dict]:
+    def side(name: str, spec: Path, *args: str) -> Callable[[], dict]:
         def run() -> dict:
             number = next(counter)
-            return run_module("bench.step", [name, str(spec_path), *args, "--run-id",
+            kind = "fit" if name == "fit" else "trainjob"
+            return run_module("bench.step", [kind, str(spec), *args, "--run-id",
                                              f"{name}-{number}"],
                               log=work_dir / "logs" / "step" / f"{name}-{number}.log",
                               timeout_seconds=sizes.child_timeout_seconds)
         return run
 
-    runs = alternate({"trainjob": side("trainjob", "--matmul-size", str(sizes.matmul_size),
-                                       "--matmul-repetitions", str(sizes.matmul_repetitions)),
-                      "model.fit": side("fit")},
+    runs = alternate({"trainjob": side("trainjob", spec_path, "--matmul-size",
+                                       str(sizes.matmul_size), "--matmul-repetitions",
+                                       str(sizes.matmul_repetitions)),
+                      "trainjob float32": side("trainjob-float32", float32_spec_path),
+                      "model.fit": side("fit", spec_path)},
                      repetitions=sizes.repetitions, warmups=0, log=log,
                      label="P3/P6 training step (each first epoch is a warm-up)")
     ours = [median(run["rates"]) for run in runs["trainjob"]]
+    float32 = [median(run["rates"]) for run in runs["trainjob float32"]]
     theirs = [median(run["rates"]) for run in runs["model.fit"]]
     peak = [median(run["gflops"]) for run in runs["trainjob"]]
+    precision = runs["trainjob"][0]["precision"]
+    dtype = matmul_dtype(precision)
     gflops_per_image = runs["model.fit"][0]["flops_per_image"] / 1e9
-    p3 = Figure.of("P3", title="Training step, one worker, data in memory",
-                   unit="images/s", reference_name="model.fit on the same arrays",
+    p3 = Figure.of("P3", title=f"Training step, one worker, data in memory ({precision})",
+                   unit="images/s", reference_name="model.fit on the same arrays (float32)",
                    target=P3_TARGET, trainjob=ours, reference=theirs,
                    method="job.train.train per-epoch images_per_second (history.csv)",
-                   image_size=sizes.train_image_size, batch_size=sizes.batch_size)
-    p6 = Figure.of("P6", title="Training FLOP/s, share of the matmul peak", unit="GFLOP/s",
-                   reference_name=f"{sizes.matmul_size}² float32 tf.matmul", target=P6_TARGET,
-                   trainjob=[rate * gflops_per_image for rate in ours], reference=peak,
-                   training_gflops_per_image=gflops_per_image,
-                   model_fit_share=median(theirs) * gflops_per_image / median(peak))
+                   precision=precision, image_size=sizes.train_image_size,
+                   batch_size=sizes.batch_size, float32_images_per_second=median(float32),
+                   float32_ratio=median(float32) / median(theirs),
+                   float32_samples=float32)
+    p6 = Figure.of("P6", title=f"Training FLOP/s, share of the matmul peak ({dtype})",
+                   unit="GFLOP/s", reference_name=f"{sizes.matmul_size}² {dtype} tf.matmul",
+                   target=P6_TARGET, trainjob=[rate * gflops_per_image for rate in ours],
+                   reference=peak, training_gflops_per_image=gflops_per_image,
+                   matmul_dtype=dtype)
     return [p3, p6]
+
+
+def matmul_dtype(policy: str) -> str:
+    """The dtype a Keras policy computes in: what P6's peak must be measured in."""
+    return {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(policy, "float32")
 
 
 # --- in the child processes ----------------------------------------------------------
@@ -87,7 +109,8 @@ def trainjob_rates(spec_path: Path, *, run_id: str) -> dict:
     result = train(spec, cluster=cluster_from_env({}), run_id=run_id, env={})
     with open(result.run_dir / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {"rates": [float(row["images_per_second"]) for row in rows[1:]]}
+    return {"rates": [float(row["images_per_second"]) for row in rows[1:]],
+            "precision": result.metrics["precision"]}
 
 
 def fit_rates(spec_path: Path) -> dict:
@@ -162,16 +185,16 @@ def _leaf_layers(model):
             yield layer
 
 
-def matmul_gflops(*, size: int, repetitions: int) -> dict:
-    """GFLOP/s of each timed n x n float32 matmul after one warm-up (2 n³ FLOPs each)."""
+def matmul_gflops(*, size: int, repetitions: int, dtype: str) -> dict:
+    """GFLOP/s of each timed n x n ``dtype`` matmul after one warm-up (2 n³ FLOPs each)."""
     import tensorflow as tf
 
-    a = tf.random.normal((size, size), dtype=tf.float32, seed=1)
-    b = tf.random.normal((size, size), dtype=tf.float32, seed=2)
+    a = tf.cast(tf.random.normal((size, size), seed=1), dtype)
+    b = tf.cast(tf.random.normal((size, size), seed=2), dtype)
 
     def product():
         # Reducing to one number forces the matmul to finish without copying n² values.
-        return float(tf.reduce_sum(tf.matmul(a, b)))
+        return float(tf.reduce_sum(tf.cast(tf.matmul(a, b), "float32")))
 
     product()
     return {"gflops": [2 * size**3 / 1e9 / timed(product)[1] for _ in range(repetitions)]}
@@ -187,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("side", choices=("trainjob", "fit"))
     parser.add_argument("spec", type=Path)
     parser.add_argument("--run-id", required=True)
+    # 0: the trainjob side measures no peak (the float32 comparison side).
     parser.add_argument("--matmul-size", type=int, default=0)
     parser.add_argument("--matmul-repetitions", type=int, default=0)
     parser.add_argument("--result", type=Path, required=True)
@@ -194,8 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.side == "fit":
         result = fit_rates(args.spec)
     else:
-        result = {**trainjob_rates(args.spec, run_id=args.run_id),
-                  **matmul_gflops(size=args.matmul_size, repetitions=args.matmul_repetitions)}
+        result = trainjob_rates(args.spec, run_id=args.run_id)
+        if args.matmul_size:
+            result.update(matmul_gflops(size=args.matmul_size,
+                                        repetitions=args.matmul_repetitions,
+                                        dtype=matmul_dtype(result["precision"])))
     write_json(args.result, result)
     return 0
 
