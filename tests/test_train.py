@@ -475,3 +475,27 @@ def test_mixed_precision_false_trains_in_float32(shapes_data, tmp_path):
     assert "precision float32 (train.mixed_precision: false)" in run.out
 
 
+
+
+@pytest.mark.parametrize(("peer_votes", "policy"), [(0.0, "mixed_bfloat16"), (1.0, "float32")])
+def test_workers_train_in_float32_when_any_peer_lacks_16_bit_math(monkeypatch, peer_votes, policy):
+    # Two real workers always agree here (same CPU); a peer on other hardware is the
+    # all-reduced vote: any worker that chose float32 adds one.
+    import keras
+    import tensorflow as tf
+
+    from job import precision
+    from job import train as train_module
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [])
+    monkeypatch.setattr(train_module, "_all_reducer",
+                        lambda tf, strategy, op, value: lambda: np.array([peer_votes]))
+    spec = spec_module.from_dict({"name": "vote", "data": {"train_dir": "x"}}, base_dir=Path("."))
+    cluster = type("Cluster", (), {"is_multi_worker": True})()
+
+    choice = train_module._set_precision(tf, keras, tf.distribute.get_strategy(), spec,
+                                         cluster=cluster)
+
+    assert choice.policy == policy
+    assert keras.mixed_precision.global_policy().name == policy
