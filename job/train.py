@@ -1,10 +1,12 @@
 """One worker's run: the distributed training loop and the story of a run.
 
-Owns: strategy creation (after TF_CONFIG is set), the custom distributed loop
-(``strategy.run`` inside ``tf.function``, loss scaled by the global batch,
-Keras 3 optimizer, losses and metrics), validation every epoch, checkpoints and
-resume, preemption (SIGTERM) handling, lost-peer handling, and the order of a
-run: data, strategy, model, loop, export.
+Owns: strategy creation (after TF_CONFIG is set), setting the dtype policy that
+``job.precision`` chooses (and the workers' agreement on it), the custom
+distributed loop (``strategy.run`` inside ``tf.function``, loss scaled by the
+global batch, Keras 3 optimizer, losses and metrics), validation every epoch,
+checkpoints and resume, preemption (SIGTERM) handling, lost-peer handling, the
+float32 export of a mixed-precision model, and the order of a run: data,
+strategy, precision, model, loop, export.
 Never touches: kubernetes, argument parsing, image decoding (``job.data``), the
 layout of the run directory (``job.run_dir``).
 
