@@ -196,6 +196,8 @@ class _Loop:
     eval_steps: Any
     sync_statistics: Any
     checkpoint: Any
+    step: Any
+    """The checkpointed step counter (``_save`` keeps it in step with the checkpoint's)."""
     manager: Any
     writer: Any
     progress: Any
@@ -244,8 +246,13 @@ def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, ru
         # the model alone misses: without them a resumed run draws other random masks.
         weights = {id(v) for v in model.weights}
         random_states = [v for v in model.variables if id(v) not in weights]
+    # The step the checkpoint was taken at, saved with it. Not optimizer.iterations:
+    # under float16 loss scaling a step whose gradients overflowed is skipped without
+    # counting, so the optimizer's count falls behind the batches already consumed.
+    step = tf.Variable(0, dtype="int64", trainable=False, name="step")
+    with strategy.scope():
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                         random_states=random_states)
+                                         random_states=random_states, step=step)
     is_chief = run.is_chief
     return model, _Loop(
         train_steps=_make_train_steps(tf, keras, strategy, model, optimizer, loss_fn,
@@ -253,6 +260,7 @@ def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, ru
         eval_steps=_make_eval_steps(tf, keras, strategy, model, loss_fn),
         sync_statistics=_make_statistics_sync(tf, strategy, model),
         checkpoint=checkpoint,
+        step=step,
         manager=tf.train.CheckpointManager(checkpoint, str(run.checkpoints),
                                            max_to_keep=spec.output.keep_checkpoints,
                                            checkpoint_name=CHECKPOINT_NAME),
@@ -333,20 +341,20 @@ def _train_epochs(tf, spec: Spec, *, plan: _Plan, loop: _Loop, iterator, evaluat
                                                    "train/images_per_second": rate})
             if result[3] > 0:
                 with preemption.saving():
-                    loop.manager.save(checkpoint_number=step)
+                    _save(loop, step)
                 loop.progress.line(f"{tag}: preempted (SIGTERM): checkpoint saved at step "
                                    f"{step}; exiting to be restarted")
                 raise Preempted(f"preempted (SIGTERM): checkpoint saved at step {step}; "
                                 "restart the group to resume")
             if step % every == 0:
-                loop.manager.save(checkpoint_number=step)
+                _save(loop, step)
         epoch_seconds = time.perf_counter() - started
         seconds += epoch_seconds
         images += (step - first_step) * spec.train.global_batch_size
         loop.sync_statistics()
         val_loss, val_accuracy = evaluate("val")
         if step % spec.output.checkpoint_every_steps:
-            loop.manager.save(checkpoint_number=step)  # Every epoch end is a checkpoint too.
+            _save(loop, step)  # Every epoch end is a checkpoint too.
         row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0] / sums[2],
                "train_accuracy": sums[1] / sums[2], "val_loss": val_loss,
                "val_accuracy": val_accuracy,
@@ -368,6 +376,11 @@ def _train_epochs(tf, spec: Spec, *, plan: _Plan, loop: _Loop, iterator, evaluat
                  "val_accuracy": val_accuracy}
     return _Trained(step=step, final=final, images_per_second=images / seconds if seconds
                     else None)
+
+
+def _save(loop: _Loop, step: int) -> None:
+    loop.step.assign(step)
+    loop.manager.save(checkpoint_number=step)
 
 
 def _summaries(tf, writer, step: int, scalars: dict[str, float]) -> None:
@@ -567,7 +580,7 @@ def _restore(tf, checkpoint, directory: Path, *, log, tag: str) -> int:
         raise RunFailed(f"{latest}: checkpoint does not match this spec's model ("
                         f"{str(error).splitlines()[0][:160]}); use a new --run-id, or delete "
                         "the run's checkpoints/ to start over") from None
-    step = int(checkpoint.optimizer.iterations.numpy())
+    step = int(checkpoint.step.numpy())
     log(f"{tag}: resumed from checkpoint {Path(latest).name} at step {step}")
     return step
 

@@ -466,6 +466,28 @@ def test_auto_precision_on_a_tensor_core_gpu_trains_float16_with_loss_scaling(
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
+def test_a_float16_run_resumes_with_its_loss_scale(shapes_data, tmp_path, monkeypatch):
+    # The loss-scale optimizer wraps the real one: its checkpoint and step count must
+    # round-trip as the plain optimizer's do.
+    from job import precision
+
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(8, 0)])
+    models = tmp_path / "models"
+    first = succeeded(train(tmp_path / "first", one_epoch(shapes_data, models),
+                            run_id="fp16-resume"))
+    steps_per_epoch = first.metrics()["steps"]
+
+    second = succeeded(train(tmp_path / "second",
+                             one_epoch(shapes_data, models, train={"epochs": 2}),
+                             run_id="fp16-resume"))
+
+    assert f"resumed from checkpoint ckpt-{steps_per_epoch} at step {steps_per_epoch}" in (
+        second.out)
+    metrics = second.metrics()
+    assert (metrics["precision"], metrics["steps"]) == ("mixed_float16", 2 * steps_per_epoch)
+    assert np.isfinite(metrics["train_loss"])
+
+
 def test_mixed_precision_false_trains_in_float32(shapes_data, tmp_path):
     spec = one_epoch(shapes_data, tmp_path / "models", train={"mixed_precision": False})
 
