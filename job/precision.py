@@ -10,17 +10,23 @@ Mixed precision computes layers in 16 bits while every variable, the loss and
 the softmax stay in float32. It pays only where the hardware does 16-bit math
 natively; elsewhere it is emulated and slower. So ``auto`` turns it on only for:
 
-* GPUs of compute capability 7.0 or newer (tensor cores): ``mixed_float16``,
-  trained with loss scaling;
+* GPUs of compute capability 8.0 or newer (bfloat16 tensor cores):
+  ``mixed_bfloat16``, which needs no loss scaling;
+* GPUs of compute capability 7.x (float16 tensor cores only) when the run has a
+  single replica: ``mixed_float16`` with loss scaling. With several replicas it
+  stays float32: Keras 3's LossScaleOptimizer decides whether to skip a step
+  from each replica's own gradients, before they are all-reduced, so replicas
+  can disagree, and then either a step applies another replica's overflowed
+  gradients or the group waits on a collective that one replica skipped;
 * CPUs with AVX512_BF16 or AMX-BF16 instructions: ``mixed_bfloat16``.
 
 Everything else trains in float32. The exported ``model.h5`` is float32 either
 way, so it loads and predicts the same on any machine.
 
 Example:
-    >>> choose("auto", gpu_capabilities=[], cpu_flags={"avx512_bf16"}).policy
+    >>> choose("auto", gpu_capabilities=[], cpu_flags={"avx512_bf16"}, replicas=1).policy
     'mixed_bfloat16'
-    >>> choose("auto", gpu_capabilities=[(6, 1)], cpu_flags=set()).policy
+    >>> choose("auto", gpu_capabilities=[(6, 1)], cpu_flags=set(), replicas=1).policy
     'float32'
 """
 
@@ -30,8 +36,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-TENSOR_CORES = (7, 0)
+from job.errors import SpecError
+
+FLOAT16_TENSOR_CORES = (7, 0)
 """Lowest CUDA compute capability with float16 tensor cores (Volta)."""
+BFLOAT16_TENSOR_CORES = (8, 0)
+"""Lowest CUDA compute capability with bfloat16 tensor cores (Ampere)."""
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """/proc/cpuinfo flags of x86 CPUs that compute bfloat16 natively."""
 
@@ -53,7 +63,7 @@ class Choice:
 
 
 def choose(requested: str | bool, *, gpu_capabilities: Sequence[tuple[int, int]],
-           cpu_flags: Iterable[str]) -> Choice:
+           cpu_flags: Iterable[str], replicas: int) -> Choice:
     """The policy for ``train.mixed_precision`` on this hardware.
 
     Args:
@@ -61,26 +71,44 @@ def choose(requested: str | bool, *, gpu_capabilities: Sequence[tuple[int, int]]
         gpu_capabilities: (major, minor) CUDA compute capability of each GPU this
             process trains on; empty on a CPU-only machine.
         cpu_flags: the CPU's feature flags (as /proc/cpuinfo spells them).
+        replicas: replicas in sync across the whole run (all workers' GPUs).
+
+    Raises:
+        SpecError: ``true`` where only float16 is possible (GPUs older than 8.0)
+            and the run has several replicas (see the module docstring).
     """
     gpus = list(gpu_capabilities)
     if requested is False:
         return Choice("float32", "train.mixed_precision: false")
-    if requested is True:
-        return Choice("mixed_float16" if gpus else "mixed_bfloat16",
-                      "train.mixed_precision: true")
-    if requested != "auto":
+    if requested not in (True, "auto"):
         raise ValueError(f"mixed_precision={requested!r}: expected 'auto', True or False")
-    if gpus:
-        oldest = min(gpus)
-        if oldest >= TENSOR_CORES:
-            return Choice("mixed_float16", f"auto: GPU compute capability "
-                                           f"{oldest[0]}.{oldest[1]} has tensor cores")
-        return Choice("float32", f"auto: GPU compute capability {oldest[0]}.{oldest[1]} has "
-                                 "no tensor cores")
-    native = sorted(CPU_BF16_FLAGS & set(cpu_flags))
-    if native:
-        return Choice("mixed_bfloat16", f"auto: the CPU has {native[0].upper()}")
-    return Choice("float32", "auto: no GPU, and the CPU has no bfloat16 instructions")
+    forced = requested is True
+    if not gpus:
+        native = sorted(CPU_BF16_FLAGS & set(cpu_flags))
+        if forced:
+            return Choice("mixed_bfloat16", "train.mixed_precision: true")
+        if native:
+            return Choice("mixed_bfloat16", f"auto: the CPU has {native[0].upper()}")
+        return Choice("float32", "auto: no GPU, and the CPU has no bfloat16 instructions")
+    oldest = min(gpus)
+    capability = f"GPU compute capability {oldest[0]}.{oldest[1]}"
+    if oldest >= BFLOAT16_TENSOR_CORES:
+        return Choice("mixed_bfloat16", "train.mixed_precision: true" if forced
+                      else f"auto: {capability} has bfloat16 tensor cores")
+    if replicas > 1:
+        if forced:
+            raise SpecError(
+                f"train.mixed_precision=true needs float16 with loss scaling on {capability} "
+                f"(bfloat16 needs 8.0), and Keras 3's loss scaling is not safe across "
+                f"{replicas} replicas: set it to auto or false, or train on one GPU.")
+        return Choice("float32", f"auto: {capability} has no bfloat16, and float16 loss "
+                                 f"scaling is not safe across {replicas} replicas")
+    if forced:
+        return Choice("mixed_float16", "train.mixed_precision: true")
+    if oldest >= FLOAT16_TENSOR_CORES:
+        return Choice("mixed_float16", f"auto: {capability} has float16 tensor cores "
+                                       "(one replica, with loss scaling)")
+    return Choice("float32", f"auto: {capability} has no tensor cores")
 
 
 PEER_FLOAT32 = Choice("float32", "auto: a peer worker's hardware has no native 16-bit math")

@@ -109,8 +109,9 @@ class TrainSpec:
     seed: int = 1234
     """Seeds the split, shuffling, augmentation and weight init."""
     mixed_precision: bool | str = "auto"
-    """auto: 16-bit math where the hardware has it natively (GPU tensor cores: mixed_float16;
-    CPUs with AVX512_BF16/AMX: mixed_bfloat16), else float32. true forces it, false is off."""
+    """auto: 16-bit math where the hardware has it natively (job.precision: bfloat16 on 8.0+
+    GPUs and AVX512_BF16/AMX CPUs, float16 on one 7.x GPU), else float32. true forces it,
+    false is off."""
     log_every_steps: int = 20
     """Steps between progress lines when stdout is not a terminal."""
     collective_timeout_seconds: int = 300

@@ -437,7 +437,7 @@ def _set_precision(tf, keras, strategy, spec: Spec, *, cluster) -> precision_mod
     """Choose the dtype policy (``job.precision``), agree on it across workers, set it."""
     choice = precision_module.choose(
         spec.train.mixed_precision, gpu_capabilities=precision_module.gpu_capabilities(tf),
-        cpu_flags=precision_module.cpu_flags())
+        cpu_flags=precision_module.cpu_flags(), replicas=strategy.num_replicas_in_sync)
     if cluster.is_multi_worker and spec.train.mixed_precision == "auto":
         # Loss scaling changes the step and the checkpoint: every worker must train
         # alike, so one worker whose hardware says float32 makes them all float32.

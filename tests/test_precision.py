@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from job import precision
+from job.errors import SpecError
 from job.precision import choose
 
 BF16_CPU = {"fpu", "avx2", "avx512f", "avx512_bf16"}
@@ -14,35 +15,53 @@ AMX_CPU = {"avx2", "amx_tile", "amx_bf16"}
 PLAIN_CPU = {"fpu", "avx2", "avx512f"}
 
 
-@pytest.mark.parametrize(("requested", "gpus", "flags", "policy", "reason"), [
-    ("auto", [], BF16_CPU, "mixed_bfloat16", "auto: the CPU has AVX512_BF16"),
-    ("auto", [], AMX_CPU, "mixed_bfloat16", "auto: the CPU has AMX_BF16"),
-    ("auto", [], PLAIN_CPU, "float32", "auto: no GPU, and the CPU has no bfloat16 instructions"),
-    ("auto", [(8, 0)], PLAIN_CPU, "mixed_float16",
-     "auto: GPU compute capability 8.0 has tensor cores"),
-    ("auto", [(7, 0), (9, 0)], PLAIN_CPU, "mixed_float16",
-     "auto: GPU compute capability 7.0 has tensor cores"),
-    # The oldest GPU decides: one without tensor cores would run float16 emulated.
-    ("auto", [(8, 6), (6, 1)], BF16_CPU, "float32",
+@pytest.mark.parametrize(("requested", "gpus", "flags", "replicas", "policy", "reason"), [
+    ("auto", [], BF16_CPU, 1, "mixed_bfloat16", "auto: the CPU has AVX512_BF16"),
+    ("auto", [], AMX_CPU, 2, "mixed_bfloat16", "auto: the CPU has AMX_BF16"),
+    ("auto", [], PLAIN_CPU, 1, "float32",
+     "auto: no GPU, and the CPU has no bfloat16 instructions"),
+    ("auto", [(8, 0)], PLAIN_CPU, 1, "mixed_bfloat16",
+     "auto: GPU compute capability 8.0 has bfloat16 tensor cores"),
+    # bfloat16 needs no loss scaling, so any number of replicas is safe.
+    ("auto", [(9, 0), (8, 6)], PLAIN_CPU, 8, "mixed_bfloat16",
+     "auto: GPU compute capability 8.6 has bfloat16 tensor cores"),
+    ("auto", [(7, 5)], PLAIN_CPU, 1, "mixed_float16",
+     "auto: GPU compute capability 7.5 has float16 tensor cores (one replica, with loss "
+     "scaling)"),
+    # float16 needs loss scaling, which Keras 3 does not agree on across replicas.
+    ("auto", [(7, 0), (7, 0)], PLAIN_CPU, 2, "float32",
+     "auto: GPU compute capability 7.0 has no bfloat16, and float16 loss scaling is not safe "
+     "across 2 replicas"),
+    # The oldest GPU decides: one without tensor cores would run 16-bit math emulated.
+    ("auto", [(8, 6), (6, 1)], BF16_CPU, 1, "float32",
      "auto: GPU compute capability 6.1 has no tensor cores"),
     # With a GPU, the CPU's instructions do not matter: the GPU computes.
-    ("auto", [(6, 0)], BF16_CPU, "float32", "auto: GPU compute capability 6.0 has no tensor cores"),
-    (True, [], PLAIN_CPU, "mixed_bfloat16", "train.mixed_precision: true"),
-    (True, [(6, 1)], PLAIN_CPU, "mixed_float16", "train.mixed_precision: true"),
-    (False, [(8, 0)], BF16_CPU, "float32", "train.mixed_precision: false"),
-    (False, [], BF16_CPU, "float32", "train.mixed_precision: false"),
+    ("auto", [(6, 0)], BF16_CPU, 1, "float32",
+     "auto: GPU compute capability 6.0 has no tensor cores"),
+    (True, [], PLAIN_CPU, 1, "mixed_bfloat16", "train.mixed_precision: true"),
+    (True, [(8, 0)], PLAIN_CPU, 4, "mixed_bfloat16", "train.mixed_precision: true"),
+    (True, [(6, 1)], PLAIN_CPU, 1, "mixed_float16", "train.mixed_precision: true"),
+    (False, [(8, 0)], BF16_CPU, 1, "float32", "train.mixed_precision: false"),
+    (False, [], BF16_CPU, 1, "float32", "train.mixed_precision: false"),
 ])
-def test_choose(requested, gpus, flags, policy, reason):
-    choice = choose(requested, gpu_capabilities=gpus, cpu_flags=flags)
+def test_choose(requested, gpus, flags, replicas, policy, reason):
+    choice = choose(requested, gpu_capabilities=gpus, cpu_flags=flags, replicas=replicas)
 
     assert (choice.policy, choice.reason) == (policy, reason)
     assert choice.is_mixed == (policy != "float32")
     assert choice.describe() == f"precision {policy} ({reason})"
 
 
+def test_forcing_float16_across_replicas_is_refused_with_the_way_out():
+    with pytest.raises(SpecError, match=r"^train\.mixed_precision=true needs float16 .* "
+                                        r"compute capability 7\.5 .* across 2 replicas: set it "
+                                        r"to auto or false, or train on one GPU\.$"):
+        choose(True, gpu_capabilities=[(7, 5)], cpu_flags=set(), replicas=2)
+
+
 def test_choose_rejects_other_values():
     with pytest.raises(ValueError, match="'yes'"):
-        choose("yes", gpu_capabilities=[], cpu_flags=set())
+        choose("yes", gpu_capabilities=[], cpu_flags=set(), replicas=1)
 
 
 def test_cpu_flags_reads_the_flags_line(tmp_path: Path):

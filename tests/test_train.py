@@ -446,20 +446,21 @@ def test_mixed_precision_trains_in_bfloat16_on_cpu_and_exports_float32(shapes_da
         np.testing.assert_array_equal(exported[weight.path], weight.numpy(), err_msg=weight.path)
 
 
-def test_auto_precision_on_a_tensor_core_gpu_trains_float16_with_loss_scaling(
+def test_auto_precision_on_a_float16_tensor_core_gpu_trains_with_loss_scaling(
         shapes_data, tmp_path, monkeypatch):
-    # No GPU here: pretend the hardware answered "compute capability 8.0", so the
+    # No GPU here: pretend the hardware answered "compute capability 7.5", so the
     # float16 path (LossScaleOptimizer, scaled loss, unscaled gradients) runs on CPU.
     from job import precision
 
-    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(8, 0)])
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(7, 5)])
     spec = one_epoch(shapes_data, tmp_path / "models")
 
     run = succeeded(train(tmp_path, spec, run_id="fp16"))
 
     metrics = run.metrics()
     assert metrics["precision"] == "mixed_float16"
-    assert "precision mixed_float16 (auto: GPU compute capability 8.0 has tensor cores)" in run.out
+    assert ("precision mixed_float16 (auto: GPU compute capability 7.5 has float16 tensor "
+            "cores (one replica, with loss scaling))") in run.out
     assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
     model = load_model(run.run_dir / "model.h5")
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
@@ -471,7 +472,7 @@ def test_a_float16_run_resumes_with_its_loss_scale(shapes_data, tmp_path, monkey
     # round-trip as the plain optimizer's do.
     from job import precision
 
-    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(8, 0)])
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(7, 5)])
     models = tmp_path / "models"
     first = succeeded(train(tmp_path / "first", one_epoch(shapes_data, models),
                             run_id="fp16-resume"))
