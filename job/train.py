@@ -155,7 +155,8 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
         "python_version": platform.python_version(), "run_id": run_id,
     }
     if precision.is_mixed:
-        model = _float32_copy(keras, model, spec, plan=plan, num_classes=len(splits.class_names))
+        model = _float32_copy(tf, keras, model, spec, plan=plan,
+                              num_classes=len(splits.class_names))
     _export(run, model, metrics=metrics, spec=spec, class_names=splits.class_names, log=log,
             tag=tag)
     return Result(metrics=metrics, run_dir=run.shared)
@@ -280,17 +281,19 @@ def _build_model(spec: Spec, *, plan: _Plan, num_classes: int, weights):
                        seed=spec.train.seed)
 
 
-def _float32_copy(keras, model, spec: Spec, *, plan: _Plan, num_classes: int):
+def _float32_copy(tf, keras, model, spec: Spec, *, plan: _Plan, num_classes: int):
     """The trained ``model`` rebuilt with float32 layers, for export.
 
     Mixed precision keeps every variable in float32, so the weights carry over
     exactly; only the layers' compute dtype changes. A float32 model.h5 predicts
     the same on any machine, where a bfloat16 one would crawl on CPUs without
-    native bfloat16.
+    native bfloat16. The copy lives in host memory: saving reads it from there
+    anyway, and a second set of weights must not crowd a full GPU at the end.
     """
     keras.mixed_precision.set_global_policy("float32")
-    copy = _build_model(spec, plan=plan, num_classes=num_classes, weights=None)
-    copy.set_weights(model.get_weights())
+    with tf.device("/CPU:0"):
+        copy = _build_model(spec, plan=plan, num_classes=num_classes, weights=None)
+        copy.set_weights(model.get_weights())
     return copy
 
 
