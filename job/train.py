@@ -577,13 +577,20 @@ def _restore(tf, checkpoint, directory: Path, *, log, tag: str) -> int:
     latest = tf.train.latest_checkpoint(str(directory))
     if latest is None:
         return 0
+    # Checkpoints written before the step counter was saved with them hold the
+    # optimizer's count instead (exact unless float16 loss scaling skipped steps).
+    legacy = not any(name.startswith("step/") for name, _ in tf.train.list_variables(latest))
+    source = (tf.train.Checkpoint(model=checkpoint.model, optimizer=checkpoint.optimizer,
+                                  random_states=checkpoint.random_states)
+              if legacy else checkpoint)
     try:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        source.restore(latest).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise RunFailed(f"{latest}: checkpoint does not match this spec's model ("
                         f"{str(error).splitlines()[0][:160]}); use a new --run-id, or delete "
                         "the run's checkpoints/ to start over") from None
-    step = int(checkpoint.step.numpy())
+    step = int((checkpoint.optimizer.iterations if legacy else checkpoint.step).numpy())
+    checkpoint.step.assign(step)
     log(f"{tag}: resumed from checkpoint {Path(latest).name} at step {step}")
     return step
 

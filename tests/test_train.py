@@ -489,6 +489,36 @@ def test_a_float16_run_resumes_with_its_loss_scale(shapes_data, tmp_path, monkey
     assert np.isfinite(metrics["train_loss"])
 
 
+def test_a_checkpoint_without_a_step_counter_resumes_at_the_optimizers_count(
+        shapes_data, tmp_path, monkeypatch):
+    # Checkpoints written before they carried "step" (the optimizer counted steps then).
+    import tensorflow as tf
+
+    real_init = tf.train.Checkpoint.__init__
+
+    def without_step(self, **objects):
+        objects.pop("step", None)
+        real_init(self, **objects)
+
+    models = tmp_path / "models"
+    with monkeypatch.context() as patch:
+        patch.setattr(tf.train.Checkpoint, "__init__", without_step)
+        first = succeeded(train(tmp_path / "first", one_epoch(shapes_data, models),
+                                run_id="legacy"))
+    steps_per_epoch = first.metrics()["steps"]
+    latest = tf.train.latest_checkpoint(str(first.run_dir / "checkpoints"))
+    assert not any(name.startswith("step/") for name, _ in tf.train.list_variables(latest))
+
+    second = succeeded(train(tmp_path / "second",
+                             one_epoch(shapes_data, models, train={"epochs": 2}),
+                             run_id="legacy"))
+
+    assert f"resumed from checkpoint ckpt-{steps_per_epoch} at step {steps_per_epoch}" in (
+        second.out)
+    assert second.metrics()["steps"] == 2 * steps_per_epoch
+    assert [row["epoch"] for row in second.history()] == ["1", "2"]
+
+
 def test_mixed_precision_false_trains_in_float32(shapes_data, tmp_path):
     spec = one_epoch(shapes_data, tmp_path / "models", train={"mixed_precision": False})
 
