@@ -15,9 +15,10 @@ natively; elsewhere it is emulated and slower. So ``auto`` turns it on only for:
 * GPUs of compute capability 7.x (float16 tensor cores only) when the run has a
   single replica: ``mixed_float16`` with loss scaling. With several replicas it
   stays float32: Keras 3's LossScaleOptimizer decides whether to skip a step
-  from each replica's own gradients, before they are all-reduced, so replicas
-  can disagree, and then either a step applies another replica's overflowed
-  gradients or the group waits on a collective that one replica skipped;
+  from one replica's own gradients, before they are all-reduced, so another
+  replica's overflow reaches the weights (on two CPU replicas a weight became
+  -inf; ``tests/test_precision.py`` pins it), and between workers, which each
+  decide alone, a skipped collective would hang the group;
 * CPUs with AVX512_BF16 or AMX-BF16 instructions: ``mixed_bfloat16``.
 
 Everything else trains in float32. The exported ``model.h5`` is float32 either

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,43 @@ def test_cpu_flags_reads_arm_features(tmp_path: Path):
 
 def test_cpu_flags_is_empty_without_cpuinfo(tmp_path: Path):
     assert precision.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+LOSS_SCALING_ACROSS_REPLICAS = """
+import numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    weight = tf.Variable([1.0])
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+    optimizer.build([weight])
+
+@tf.function
+def step(gradient):
+    def replica(gradient):
+        optimizer.apply_gradients([(tf.reshape(gradient, [1]), weight)])
+        return tf.constant(0.0)
+    return strategy.run(replica, args=(gradient,))
+
+# Replica 0's gradient is finite, replica 1's overflowed.
+step(strategy.experimental_distribute_values_from_function(
+    lambda context: tf.constant(1.0 if context.replica_id_in_sync_group == 0 else np.inf)))
+print(float(weight.numpy()[0]))
+"""
+
+
+def test_keras_loss_scaling_lets_one_replicas_overflow_through():
+    """Why auto never picks float16 for several replicas (see job.precision).
+
+    Keras's LossScaleOptimizer should skip a step when any replica's gradients
+    overflowed. With the pinned Keras it checks one replica's own gradients, so
+    another replica's infinity reaches the weight. When an upgrade fixes that, this
+    test fails: then float16 across replicas can be reconsidered.
+    """
+    result = subprocess.run([sys.executable, "-c", LOSS_SCALING_ACROSS_REPLICAS],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "-inf"
