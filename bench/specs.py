@@ -26,11 +26,11 @@ QUIET_STEPS = 1_000_000
 
 
 def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Path,
-                  name: str, mixed_precision: bool | str = "auto") -> dict[str, Any]:
+                  name: str, mixed_precision: bool | None = None) -> dict[str, Any]:
     """A trainjob spec dict for ``epochs`` on the shapes in ``train_dir`` (pure).
 
-    ``mixed_precision`` stays at trainjob's default (auto) unless a figure asks
-    for the float32 loop on purpose.
+    ``mixed_precision`` None leaves the key out, so trainjob's own default applies;
+    a figure that wants the float32 loop on purpose passes False.
     """
     side = sizes.train_image_size
     return {
@@ -38,13 +38,14 @@ def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Pat
         "data": {"train_dir": str(train_dir), "val_split": VAL_SPLIT,
                  "image_size": [side, side]},
         "train": {"epochs": epochs, "global_batch_size": sizes.batch_size, "seed": SEED,
-                  "log_every_steps": QUIET_STEPS, "mixed_precision": mixed_precision},
+                  "log_every_steps": QUIET_STEPS,
+                  **({} if mixed_precision is None else {"mixed_precision": mixed_precision})},
         "output": {"dir": str(output_dir), "checkpoint_every_steps": QUIET_STEPS},
     }
 
 
 def prepare_runs(train_dir: Path, sizes: Sizes, *, work_dir: Path, kind: str,
-                 epochs: int, mixed_precision: bool | str = "auto") -> tuple[Path, Path]:
+                 epochs: int, mixed_precision: bool | None = None) -> tuple[Path, Path]:
     """An empty ``runs/<kind>`` folder and ``specs/<kind>.yaml`` training into it."""
     runs_dir = fresh_dir(work_dir / "runs" / kind)
     spec_path = write_spec(work_dir / "specs" / f"{kind}.yaml",

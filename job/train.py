@@ -237,6 +237,11 @@ def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, ru
     """Create every variable under the strategy's scope, and the functions that use them."""
     from job.progress import Progress
 
+    # The step the checkpoint was taken at, saved with it. Not optimizer.iterations:
+    # under float16 loss scaling a step whose gradients overflowed is skipped without
+    # counting, so the optimizer's count falls behind the batches already consumed.
+    # Plain (not mirrored): every worker assigns it the same number before saving.
+    step = tf.Variable(0, dtype="int64", trainable=False, name="step")
     with strategy.scope():
         model = _build_model(spec, plan=plan, num_classes=num_classes,
                              weights=spec.model.weights)
@@ -247,11 +252,6 @@ def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, ru
         # the model alone misses: without them a resumed run draws other random masks.
         weights = {id(v) for v in model.weights}
         random_states = [v for v in model.variables if id(v) not in weights]
-    # The step the checkpoint was taken at, saved with it. Not optimizer.iterations:
-    # under float16 loss scaling a step whose gradients overflowed is skipped without
-    # counting, so the optimizer's count falls behind the batches already consumed.
-    step = tf.Variable(0, dtype="int64", trainable=False, name="step")
-    with strategy.scope():
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                          random_states=random_states, step=step)
     is_chief = run.is_chief
