@@ -34,7 +34,7 @@ from bench.measure import REPO, Child, alternate, child_env, median, run_child
 from bench.report import Figure, Target
 from bench.sizes import Sizes
 from bench.specs import SEED, VAL_SPLIT, prepare_runs
-from job.launcher import available_cores
+from job.images import available_cpus
 
 P4_TARGET = Target(at_least=False, value=0.7)
 M1_TARGET = Target(at_least=False, value=1.2)
@@ -69,7 +69,7 @@ class Runner:
     def trainjob(self) -> Run:
         run_id = self.names("train")
         child = self._run([sys.executable, "-m", "job", "train", str(self.spec_path),
-                           "--run-id", run_id], run_id=run_id, threads=available_cores())
+                           "--run-id", run_id], run_id=run_id, threads=available_cpus())
         return _trainjob_result(child, self.runs_dir / run_id)
 
     def local(self, workers: int) -> Run:
@@ -88,7 +88,7 @@ class Runner:
                            "--batch-size", str(self.sizes.batch_size),
                            "--epochs", str(self.sizes.run_epochs), "--seed", str(SEED),
                            "--val-split", str(VAL_SPLIT)],
-                          run_id=run_id, threads=available_cores())
+                          run_id=run_id, threads=available_cpus())
         result = json.loads((out / "result.json").read_text())
         return Run(child.seconds, child.peak_rss_bytes / MIB, result["val_accuracy"])
 
@@ -131,7 +131,7 @@ def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],
                   trainjob=[r.peak_rss_mib for r in ours],
                   reference=[r.peak_rss_mib for r in theirs], **where),
         Figure.of("P5", title="Two local workers x 1 thread, steady state", unit="images/s",
-                  reference_name=f"one worker x {available_cores()} threads",
+                  reference_name=f"one worker x {available_cpus()} threads",
                   target=P5_TARGET, trainjob=[r.images_per_second for r in two_workers],
                   reference=[r.images_per_second for r in ours],
                   two_worker_val_accuracies=[r.val_accuracy for r in two_workers], **where),

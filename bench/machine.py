@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from job.launcher import available_cores
+from job.images import available_cpus
 
 PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "pillow": "pillow",
             "numpy": "numpy"}
@@ -45,7 +45,7 @@ def environment() -> dict[str, object]:
         **_commit(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "cpus_available": available_cores(),
+        "cpus_available": available_cpus(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

@@ -53,6 +53,7 @@ from job.errors import (
     EnvironmentConfigError,
     RunFailed,
 )
+from job.images import available_cpus
 
 LOCALHOST = "127.0.0.1"
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
@@ -90,7 +91,8 @@ def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
         num_workers: the number of workers; equals ``len(ports)``.
         ports: one free localhost port per worker, in index order.
         run_id: the run directory name every worker shares.
-        cores: CPU cores to share out; None: the cores this process may use.
+        cores: CPU cores to share out; None: the cores this process may use, capped by a
+            container CPU limit (``job.images.available_cpus``, as the decoder counts).
 
     Example:
         >>> env = worker_env({}, index=1, num_workers=2, ports=[4001, 4002], run_id="r1",
@@ -102,7 +104,7 @@ def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
         raise ValueError(f"worker_env: index={index} and {len(ports)} ports do not fit "
                          f"num_workers={num_workers}.")
     env = {key: value for key, value in base_env.items() if key != "TF_CONFIG"}
-    threads = str(max(1, (cores or available_cores()) // num_workers))
+    threads = str(max(1, (cores or available_cpus()) // num_workers))
     for name in THREAD_VARIABLES:
         env.setdefault(name, threads)
     # N processes on one GPU would each reserve all of its memory at start-up.
@@ -157,13 +159,6 @@ def _signal_name(number: int) -> str:
 
 
 # --- I/O ---------------------------------------------------------------------------------
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def free_ports(count: int) -> list[int]:
