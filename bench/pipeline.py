@@ -47,6 +47,16 @@ class TwoEpochs:
     later: float
 
 
+@dataclass(frozen=True)
+class Ceilings:
+    """One thread's images per second decoding every photo and nothing else, at two scales."""
+
+    target_scale: float
+    """The smallest DCT scale still at least the target size (what trainjob decodes at)."""
+    smallest_scale: float
+    """1/8, below the target: little more than entropy decoding."""
+
+
 def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
             log: Callable[[str], None]) -> list[Figure]:
     """P1 and P2 on the photo ``folder``, trainjob and Keras alternating."""
@@ -71,7 +81,7 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
     keras_first = median([r.first for r in theirs])
     cores = available_cpus()
     floors = {name: median([r[name] for r in runs["floor"]]) * cores
-              for name in ("target_scale", "smallest_scale")}
+              for name in (field.name for field in dataclasses.fields(Ceilings))}
     where = {"images": sizes.photos, "photo_size": list(sizes.photo_size),
              "decoded_to": [height, width], "batch_size": sizes.batch_size}
     return [
@@ -129,12 +139,8 @@ def keras_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
     return TwoEpochs(first_images / first_seconds, later_images / later_seconds)
 
 
-def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> dict:
-    """Images per second of one thread decoding every photo, nothing else, at two DCT scales.
-
-    ``target_scale``: the smallest scale still at least ``image_size`` (what
-    trainjob decodes at, before its resize). ``smallest_scale``: 1/8, below it.
-    """
+def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> Ceilings:
+    """One thread decoding every photo with Pillow, nothing else, at the two ``Ceilings`` scales."""
     from PIL import Image
 
     from job import data
@@ -150,7 +156,7 @@ def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
                     image.load()
         return len(paths) / timed(decode_all)[1]
 
-    return {"target_scale": rate((width, height)), "smallest_scale": rate((1, 1))}
+    return Ceilings(target_scale=rate((width, height)), smallest_scale=rate((1, 1)))
 
 
 def _count(batches: Iterable, limit: int | None) -> int:
@@ -179,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_pass = {"trainjob": trainjob_pass, "keras": keras_pass, "floor": floor_pass}[args.side]
     result = one_pass(args.folder, image_size=(args.height, args.width),
                       batch_size=args.batch_size)
-    write_json(args.result, result if isinstance(result, dict) else dataclasses.asdict(result))
+    write_json(args.result, dataclasses.asdict(result))
     return 0
 
 
