@@ -26,6 +26,17 @@ from job import spec as spec_module
 from job.errors import EXIT_INTERRUPTED, ClusterError, JobFailed
 from job.submit import runs
 from job.submit.kube import Forbidden, Kube
+from job.submit.state import (
+    INDEX_LABEL,
+    Event,
+    RunState,
+    describe,
+    format_age,
+    model_location,
+    pod_view,
+    reduce,
+    why_failed,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "ml"
@@ -609,7 +620,7 @@ def test_ctrl_c_without_a_terminal_detaches_and_the_run_goes_on(spec_path, clust
 # --- the pure part --------------------------------------------------------------------------
 def pod(name: str, index: int, phase: str, **status) -> dict:
     return {"metadata": {"name": name, "resourceVersion": "1",
-                         "labels": {runs.INDEX_LABEL: str(index)}},
+                         "labels": {INDEX_LABEL: str(index)}},
             "status": {"phase": phase, **status}}
 
 
@@ -619,54 +630,54 @@ def terminated(code: int, reason: str = "Error") -> dict:
 
 
 def test_reduce_prints_nothing_new_when_a_relist_repeats_what_was_seen():
-    state = runs.RunState(workers=2)
-    events = [runs.Event("Pod", "ADDED", (pod("a", 1, "Failed", **terminated(75)),)),
-              runs.Event("Pod", "ADDED", (pod("b", 1, "Running"),))]
+    state = RunState(workers=2)
+    events = [Event("Pod", "ADDED", (pod("a", 1, "Failed", **terminated(75)),)),
+              Event("Pod", "ADDED", (pod("b", 1, "Running"),))]
     notices = []
     for event in events:
-        state, lines = runs.reduce(state, event)
+        state, lines = reduce(state, event)
         notices += lines
-    relisted, again = runs.reduce(state, runs.Event("Pod", "SYNC", tuple(
+    relisted, again = reduce(state, Event("Pod", "SYNC", tuple(
         e.objects[0] for e in events)))
 
     assert notices == ["worker 1 restarted (exit 75, retryable): new pod b"]
     assert again == []
-    assert runs.describe(relisted) == runs.describe(state)
+    assert describe(relisted) == describe(state)
 
 
 def test_describe_names_the_first_reason_a_worker_is_not_running():
-    state, _ = runs.reduce(runs.RunState(workers=2), runs.Event("Pod", "SYNC", (
+    state, _ = reduce(RunState(workers=2), Event("Pod", "SYNC", (
         pod("a", 0, "Running"),
         pod("b", 1, "Pending", containerStatuses=[{"state": {"waiting": {
             "reason": "ErrImagePull", "message": "manifest\n  unknown"}}}]))))
 
-    assert runs.describe(state) == "pending: 1/2 running (worker 1: ErrImagePull: manifest " \
-                                   "unknown)"
+    assert describe(state) == "pending: 1/2 running (worker 1: ErrImagePull: manifest " \
+                              "unknown)"
 
 
 def test_describe_shows_a_suspended_job_as_queued():
     job = {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
            "spec": {"suspend": True}}
-    state, _ = runs.reduce(runs.RunState(workers=2), runs.Event("Job", "SYNC", (job,)))
+    state, _ = reduce(RunState(workers=2), Event("Job", "SYNC", (job,)))
 
-    assert runs.describe(state) == ("queued: the Job is suspended until Kueue queue 'team-a' "
-                                    "admits it")
+    assert describe(state) == ("queued: the Job is suspended until Kueue queue 'team-a' "
+                               "admits it")
 
 
 def test_why_failed_names_kills_by_their_reason():
-    view = runs.pod_view(pod("a", 0, "Failed", **terminated(137, "OOMKilled")), seq=0)
-    assert runs.why_failed(view) == "exit 137, OOMKilled"
+    view = pod_view(pod("a", 0, "Failed", **terminated(137, "OOMKilled")), seq=0)
+    assert why_failed(view) == "exit 137, OOMKilled"
 
 
 def test_model_location_without_a_models_volume_warns_it_is_lost():
-    text = runs.model_location({"output": {"dir": "/models"}, "cluster": {}}, run_id="r")
+    text = model_location({"output": {"dir": "/models"}, "cluster": {}}, run_id="r")
     assert text.startswith("/models/r/model.h5 in the pod's emptyDir, deleted with the pod")
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (312, "5m12s"), (11040, "3h04m"),
                                                (183600, "2d03h")])
 def test_format_age_keeps_the_two_largest_units(seconds, text):
-    assert runs.format_age(seconds) == text
+    assert format_age(seconds) == text
 
 
 # --- import rules ---------------------------------------------------------------------------

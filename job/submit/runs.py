@@ -3,9 +3,9 @@
 Owns: the submitter's flows and what they print. The story of ``submit``: check the namespace
 and volumes, create the ConfigMap, Service and Job (all or none), then watch pod and Job
 events until the Job ends, printing one status line per change and the chief's log, and
-finally where the model is, or which pod failed and why. The pure part, ``reduce`` and
-``describe``, turns watch events into a ``RunState`` and the state into a line; the threads
-around it only move events and log lines.
+finally where the model is, or which pod failed and why. The pure part
+(``job.submit.state``) turns watch events into a ``RunState`` and the state into a line;
+the threads here only move events and log lines.
 Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door) or
 manifest building (``job.submit.manifests``).
 
@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import queue
 import sys
@@ -32,11 +31,8 @@ from typing import Any, TextIO
 import yaml
 
 from job.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_RETRYABLE,
     ClusterError,
     JobFailed,
 )
@@ -44,308 +40,30 @@ from job.spec import Spec
 from job.submit import kube as kube_module
 from job.submit import manifests
 from job.submit.kube import ApiUnreachable, Kube, LogNotReady, NotFound, WatchExpired
+from job.submit.state import (
+    CHIEF,
+    CHIEF_INDEX,
+    INDEX_LABEL,
+    Event,
+    RunState,
+    age,
+    creation_order,
+    current_pods,
+    describe,
+    failed_pod,
+    format_table,
+    job_state,
+    model_location,
+    reduce,
+    why_failed,
+)
 
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-"""Set by the Job controller on every pod of an Indexed Job."""
-CHIEF_INDEX = 0
-"""The worker that writes the model and whose log the submitter streams."""
 LOG_TAIL_LINES = 20
 """Lines of a failed pod's log shown with the failure: enough for a traceback's end."""
 LOG_DRAIN_SECONDS = 30.0
 """After the Job ends, how long to wait for the chief's last log lines to arrive."""
 THREAD_STOP_SECONDS = 5.0
 """How long to wait for the watch and log threads to end once their streams are broken."""
-MESSAGE_MAX_CHARS = 240
-"""Longest reason message kept from the API: scheduler messages can list every node."""
-CHIEF = "worker 0"
-
-
-# --- the pure part: events -> state -> lines ------------------------------------------------
-@dataclass(frozen=True)
-class Event:
-    """One change seen by a watch, or a whole fresh listing (``type`` SYNC)."""
-
-    kind: str
-    """Pod or Job."""
-    type: str
-    """ADDED, MODIFIED, DELETED, or SYNC (objects is the complete current list)."""
-    objects: tuple[Mapping[str, Any], ...]
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the terminal needs to know about one pod."""
-
-    name: str
-    index: int
-    seq: int
-    """Order in which the submitter first saw the pod: a replacement has a higher seq."""
-    phase: str
-    waiting: str | None = None
-    """Why a pod is not running yet: 'Unschedulable: ...', 'ImagePullBackOff: ...'."""
-    exit_code: int | None = None
-    reason: str | None = None
-    """The container's terminated reason: Error, OOMKilled, Completed."""
-    disrupted: bool = False
-    """DisruptionTarget: preempted, evicted or drained; not the job's fault."""
-    gone: bool = False
-
-
-@dataclass(frozen=True)
-class JobView:
-    outcome: str | None = None
-    """succeeded, failed, or None while running."""
-    reason: str = ""
-    message: str = ""
-    suspended: bool = False
-    queue: str | None = None
-    gone: bool = False
-
-
-@dataclass(frozen=True)
-class RunState:
-    workers: int
-    pods: tuple[PodView, ...] = ()
-    job: JobView | None = None
-    announced: frozenset[str] = frozenset()
-    """Replacement pods whose restart line was printed: never print it again."""
-
-    @property
-    def finished(self) -> bool:
-        return self.job is not None and (self.job.outcome is not None or self.job.gone)
-
-
-def reduce(state: RunState, event: Event) -> tuple[RunState, list[str]]:
-    """Apply one event; return the new state and any one-off lines (restarts).
-
-    Objects carry their whole state, so applying an event twice, or a listing after a
-    reconnect, changes nothing and prints nothing.
-    """
-    if event.kind == "Job":
-        job = state.job
-        for obj in event.objects:
-            job = dataclasses.replace(job_view(obj), gone=event.type == "DELETED")
-        if event.type == "SYNC" and not event.objects:
-            job = dataclasses.replace(state.job or JobView(), gone=True)
-        return dataclasses.replace(state, job=job), []
-    pods = {p.name: p for p in state.pods}
-    seq = max((p.seq for p in state.pods), default=-1)
-    objects = sorted(event.objects, key=_creation_order) if event.type == "SYNC" \
-        else event.objects
-    for obj in objects:
-        name = obj["metadata"]["name"]
-        known = pods.get(name)
-        if known is None:
-            seq += 1
-        pods[name] = pod_view(obj, seq=known.seq if known else seq,
-                              gone=event.type == "DELETED")
-    if event.type == "SYNC":
-        listed = {obj["metadata"]["name"] for obj in event.objects}
-        pods = {n: p if n in listed else dataclasses.replace(p, gone=True)
-                for n, p in pods.items()}
-    state = dataclasses.replace(state, pods=tuple(sorted(pods.values(), key=lambda p: p.seq)))
-    return _announce_restarts(state)
-
-
-def _announce_restarts(state: RunState) -> tuple[RunState, list[str]]:
-    lines = []
-    announced = set(state.announced)
-    for pod in state.pods:
-        if pod.name in announced or pod.gone:
-            continue
-        earlier = [p for p in state.pods if p.index == pod.index and p.seq < pod.seq
-                   and p.phase == "Failed"]
-        if earlier:
-            lines.append(f"worker {pod.index} restarted ({why_failed(earlier[-1])}): "
-                         f"new pod {pod.name}")
-            announced.add(pod.name)
-    return dataclasses.replace(state, announced=frozenset(announced)), lines
-
-
-def describe(state: RunState) -> str:
-    """The one status line for a state, e.g. 'running: 2/2 workers'."""
-    job, workers = state.job, state.workers
-    if job is not None and job.gone:
-        return "deleted: the run's Job is gone (cancelled, or removed by its TTL)"
-    if job is not None and job.outcome == "succeeded":
-        return "succeeded"
-    if job is not None and job.outcome == "failed":
-        return f"failed: {job.reason}" + (f": {job.message}" if job.message else "")
-    if job is not None and job.suspended:
-        where = f"Kueue queue {job.queue!r}" if job.queue else "its queue"
-        return f"queued: the Job is suspended until {where} admits it"
-    current = current_pods(state)
-    chief = current.get(CHIEF_INDEX)
-    if chief is not None and chief.phase == "Succeeded":
-        return f"finishing: {CHIEF} (chief) succeeded"
-    running = sum(p.phase == "Running" for p in current.values())
-    finished = sum(p.phase == "Succeeded" for p in current.values())
-    if running and running + finished == workers:
-        return f"running: {running}/{workers} workers" + (
-            f", {finished} finished" if finished else "")
-    detail = next((d for d in (_holdup(p) for _, p in sorted(current.items())) if d), None)
-    if not current:
-        detail = "no pods yet"
-    return f"pending: {running}/{workers} running" + (f" ({detail})" if detail else "")
-
-
-def _holdup(pod: PodView) -> str | None:
-    if pod.phase == "Pending" and pod.waiting:
-        return f"worker {pod.index}: {pod.waiting}"
-    if pod.phase == "Failed":
-        return f"worker {pod.index}: {why_failed(pod)}"
-    return None
-
-
-def current_pods(state: RunState) -> dict[int, PodView]:
-    """For each index, the pod that counts now: the newest live one, else the newest failed."""
-    current: dict[int, PodView] = {}
-    for pod in state.pods:  # in seq order, so later pods win
-        if pod.gone:
-            continue
-        held = current.get(pod.index)
-        if held is None or pod.phase != "Failed" or held.phase == "Failed":
-            current[pod.index] = pod
-    return current
-
-
-def failed_pod(state: RunState) -> PodView | None:
-    """The pod to blame for a failed run: a permanent exit code first, else the latest failure."""
-    failed = [p for p in state.pods if p.phase == "Failed"]
-    permanent = [p for p in failed if p.exit_code in (EXIT_FAILED, EXIT_BAD_INPUT)]
-    return (permanent or failed or [None])[-1]
-
-
-def why_failed(pod: PodView) -> str:
-    """'exit 75, retryable', 'exit 2, bad input', 'preempted', 'exit 137, OOMKilled'."""
-    if pod.disrupted:
-        return "preempted or evicted" + (f", exit {pod.exit_code}" if pod.exit_code else "")
-    if pod.exit_code is None:
-        return pod.reason or "failed"
-    meaning = {EXIT_FAILED: "failed, permanent", EXIT_BAD_INPUT: "bad input, permanent",
-               EXIT_RETRYABLE: "retryable", EXIT_INTERRUPTED: "interrupted"}.get(pod.exit_code)
-    if meaning is None or pod.reason not in (None, "Error", "Completed"):
-        meaning = pod.reason or "killed"
-    return f"exit {pod.exit_code}, {meaning}"
-
-
-def pod_view(obj: Mapping[str, Any], *, seq: int, gone: bool = False) -> PodView:
-    """Read the fields the terminal cares about from a raw pod."""
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-    labels = meta.get("labels") or {}
-    index = labels.get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
-    waiting = exit_code = reason = None
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            waiting = _reason_text(condition)
-    for container in status.get("containerStatuses") or []:
-        state = container.get("state") or {}
-        if "waiting" in state and (state["waiting"] or {}).get("reason") not in (
-                None, "ContainerCreating", "PodInitializing"):
-            waiting = _reason_text(state["waiting"])
-        if "terminated" in state:
-            exit_code = (state["terminated"] or {}).get("exitCode")
-            reason = (state["terminated"] or {}).get("reason")
-    disrupted = any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-                    for c in status.get("conditions") or [])
-    return PodView(name=meta.get("name", "?"), index=int(index) if index is not None else -1,
-                   seq=seq, phase=status.get("phase") or "Pending", waiting=waiting,
-                   exit_code=exit_code, reason=reason, disrupted=disrupted, gone=gone)
-
-
-def job_view(obj: Mapping[str, Any]) -> JobView:
-    """Read a raw Job: its outcome (from conditions), suspension and queue."""
-    outcome, reason, message = None, "", ""
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("status") != "True":
-            continue
-        kind = condition.get("type")
-        if kind in ("Complete", "SuccessCriteriaMet") and outcome is None:
-            outcome = "succeeded"
-        elif kind == "Failed":
-            outcome = "failed"
-            reason = condition.get("reason") or ""
-            message = _clip(condition.get("message") or "")
-    spec = obj.get("spec") or {}
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return JobView(outcome=outcome, reason=reason, message=message,
-                   suspended=bool(spec.get("suspend")), queue=labels.get(manifests.LABEL_QUEUE))
-
-
-def job_state(obj: Mapping[str, Any]) -> str:
-    """One word for ``list``: succeeded, failed, deleting, queued, running or pending."""
-    view = job_view(obj)
-    if view.outcome:
-        return view.outcome
-    if (obj.get("metadata") or {}).get("deletionTimestamp"):
-        return "deleting"
-    if view.suspended:
-        return "queued"
-    status = obj.get("status") or {}
-    completions = (obj.get("spec") or {}).get("completions") or 1
-    return "running" if (status.get("ready") or 0) >= completions else "pending"
-
-
-def model_location(pod_spec: Mapping[str, Any], *, run_id: str) -> str:
-    """Where the chief writes the model, as '<claim>:<path in the pod>' when on a PVC.
-
-    Example:
-        >>> model_location({"output": {"dir": "/models"}, "cluster": {"models_volume": {
-        ...     "claim": "trainjob-models", "mount": "/models"}}}, run_id="shapes-x7k2p")
-        'trainjob-models:/models/shapes-x7k2p/model.h5'
-    """
-    path = f"{str(pod_spec['output']['dir']).rstrip('/')}/{run_id}/model.h5"
-    volume = (pod_spec.get("cluster") or {}).get("models_volume")
-    if volume:
-        return f"{volume['claim']}:{path}"
-    return (f"{path} in the pod's emptyDir, deleted with the pod (set cluster.models_volume "
-            "to keep models)")
-
-
-def format_age(seconds: float) -> str:
-    """'45s', '5m12s', '3h04m', '2d03h': the two largest units, like kubectl."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; the first row is the header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                   .rstrip() + "\n" for row in rows)
-
-
-def _reason_text(obj: Mapping[str, Any]) -> str:
-    reason, message = obj.get("reason") or "", _clip(obj.get("message") or "")
-    return f"{reason}: {message}" if reason and message else reason or message
-
-
-def _clip(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= MESSAGE_MAX_CHARS else text[:MESSAGE_MAX_CHARS - 3] + "..."
-
-
-def _creation_order(obj: Mapping[str, Any]) -> tuple[str, int]:
-    meta = obj.get("metadata") or {}
-    version = str(meta.get("resourceVersion") or "0")
-    return meta.get("creationTimestamp") or "", int(version) if version.isdigit() else 0
-
-
-def _age(obj: Mapping[str, Any], now: datetime.datetime) -> str:
-    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
-    if not stamp:
-        return "?"
-    created = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return format_age((now - created).total_seconds())
 
 
 # --- submit: the story of one run ------------------------------------------------------------
@@ -774,7 +492,7 @@ def status(run_id: str, *, namespace: str | None = None, context: str | None = N
         f"state:   {describe(state)}",
         f"workers: {counts['Running']} running, {counts['Succeeded']} succeeded, "
         f"{failed} failed pods, of {workers}",
-        f"age:     {_age(job, datetime.datetime.now(datetime.timezone.utc))}",
+        f"age:     {age(job, now=datetime.datetime.now(datetime.timezone.utc))}",
         f"model:   {model}",
     ]
     culprit = failed_pod(state)
@@ -860,12 +578,12 @@ def list_runs(*, namespace: str | None = None, context: str | None = None,
         return EXIT_OK
     now = datetime.datetime.now(datetime.timezone.utc)
     rows = [("RUN", "STATE", "WORKERS", "RUNNING", "SUCCEEDED", "FAILED", "AGE")]
-    for job in sorted(jobs, key=_creation_order, reverse=True):
+    for job in sorted(jobs, key=creation_order, reverse=True):
         status_ = job.get("status") or {}
         rows.append((job["metadata"]["name"], job_state(job),
                      str((job.get("spec") or {}).get("completions") or 1),
                      str(status_.get("ready") or 0), str(status_.get("succeeded") or 0),
-                     str(status_.get("failed") or 0), _age(job, now)))
+                     str(status_.get("failed") or 0), age(job, now=now)))
     out.write(format_table(rows))
     return EXIT_OK
 
