@@ -20,29 +20,20 @@ Example:
 from __future__ import annotations
 
 import datetime
-import queue
 import sys
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import yaml
 
-from job.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    ClusterError,
-    JobFailed,
-)
+from job.errors import EXIT_INTERRUPTED, EXIT_OK, ClusterError, JobFailed
 from job.spec import Spec
 from job.submit import kube as kube_module
 from job.submit import manifests
-from job.submit.kube import ApiUnreachable, Kube, LogNotReady, NotFound, WatchExpired
+from job.submit.follow import RunFollow
+from job.submit.kube import Kube, NotFound
 from job.submit.state import (
-    CHIEF,
-    CHIEF_INDEX,
     INDEX_LABEL,
     Event,
     RunState,
@@ -57,13 +48,12 @@ from job.submit.state import (
     reduce,
     why_failed,
 )
+from job.submit.terminal import Terminal
 
 LOG_TAIL_LINES = 20
 """Lines of a failed pod's log shown with the failure: enough for a traceback's end."""
 LOG_DRAIN_SECONDS = 30.0
 """After the Job ends, how long to wait for the chief's last log lines to arrive."""
-THREAD_STOP_SECONDS = 5.0
-"""How long to wait for the watch and log threads to end once their streams are broken."""
 
 
 # --- submit: the story of one run ------------------------------------------------------------
@@ -94,17 +84,16 @@ def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None
     namespace = namespace or spec.cluster.namespace
     run_id = run_id or manifests.new_run_id(spec.name)
     docs = manifests.render_manifests(spec, run_id=run_id, image=image, namespace=namespace)
-    printer = _Printer(out or sys.stdout)
-    stdin = sys.stdin if stdin is None else stdin
+    terminal = Terminal(out or sys.stdout, stdin=sys.stdin if stdin is None else stdin)
     for warning in manifests.render_warnings(spec):
-        printer.status(f"warning: {warning}")
+        terminal.status(f"warning: {warning}")
     kube = kube or kube_module.connect(context=context)
-    _check_prerequisites(kube, namespace, spec, printer)
+    _check_prerequisites(kube, namespace, spec, terminal)
     _create_all(kube, namespace, docs, run_id=run_id)
     hint = _Hints(run_id, namespace=namespace, kube=kube, context=context)
     objects = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in docs)
-    printer.status(f"submitted run {run_id} to namespace {namespace!r} ({objects})")
-    printer.status(f"  status: {hint('status')}\n  logs:   {hint('logs', '-f')}\n"
+    terminal.status(f"submitted run {run_id} to namespace {namespace!r} ({objects})")
+    terminal.status(f"  status: {hint('status')}\n  logs:   {hint('logs', '-f')}\n"
                    f"  cancel: {hint('cancel')}")
     if not wait:
         return EXIT_OK
@@ -112,10 +101,10 @@ def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None
     pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
     return _watch_run(kube, namespace, run_id, workers=spec.cluster.workers,
                       model=model_location(pod_spec, run_id=run_id), follow=follow,
-                      printer=printer, stdin=stdin, hint=hint)
+                      terminal=terminal, hint=hint)
 
 
-def _check_prerequisites(kube: Kube, namespace: str, spec: Spec, printer: _Printer) -> None:
+def _check_prerequisites(kube: Kube, namespace: str, spec: Spec, terminal: Terminal) -> None:
     """Fail before creating anything when the namespace or a volume does not exist."""
     exists = kube.namespace_exists(namespace)
     if exists is False:
@@ -123,7 +112,7 @@ def _check_prerequisites(kube: Kube, namespace: str, spec: Spec, printer: _Print
                            f"(kubectl apply -k k8s/, or kubectl create namespace {namespace}) "
                            "or choose another with --namespace or cluster.namespace.")
     if exists is None:
-        printer.status(f"note: cannot check that namespace {namespace!r} exists (no permission "
+        terminal.status(f"note: cannot check that namespace {namespace!r} exists (no permission "
                        "to read namespaces); continuing")
     missing = []
     for key, volume in (("cluster.models_volume", spec.cluster.models_volume),
@@ -180,37 +169,25 @@ def _run_objects(run_id: str) -> list[dict[str, Any]]:
 
 
 def _watch_run(kube: Kube, namespace: str, run_id: str, *, workers: int, model: str,
-               follow: bool, printer: _Printer, stdin: TextIO | None, hint: _Hints) -> int:
+               follow: bool, terminal: Terminal, hint: _Hints) -> int:
     """Print one line per change until the Job ends; the outcome decides the return."""
     selector = f"{manifests.LABEL_RUN_ID}={run_id}"
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    threads = [threading.Thread(target=_watch_loop, name=f"watch-{kind}", daemon=True,
-                                args=(kube, namespace, kind, selector, events, stop, run_id))
-               for kind in ("Job", "Pod")]
-    for thread in threads:
-        thread.start()
-    logs = _ChiefLog(kube, namespace, printer) if follow else None
+    watching = RunFollow(kube, namespace, run_id=run_id, terminal=terminal if follow else None)
     state = RunState(workers=workers)
     try:
         while not state.finished:
-            item = events.get()
-            if isinstance(item, BaseException):
-                raise item
-            state, lines = reduce(state, item)
+            state, lines = reduce(state, watching.next_event())
             for line in [*lines, describe(state)]:
-                printer.status(line)
-            if logs:
-                logs.update(state)
-        if logs:
-            logs.drain(LOG_DRAIN_SECONDS)
+                terminal.status(line)
+            watching.update(state)
+        watching.drain(LOG_DRAIN_SECONDS)
     except KeyboardInterrupt:
-        _stop_threads(kube, stop, threads, logs)
-        return _interrupted(kube, namespace, run_id, printer=printer, stdin=stdin, hint=hint)
+        watching.stop()
+        return _interrupted(kube, namespace, run_id, terminal=terminal, hint=hint)
     finally:
-        _stop_threads(kube, stop, threads, logs)
+        watching.stop()
     if state.job is not None and state.job.outcome == "succeeded":
-        printer.status(f"model: {model}")
+        terminal.status(f"model: {model}")
         return EXIT_OK
     if state.job is not None and state.job.gone:
         raise JobFailed(f"run {run_id} was deleted before it finished (trainjob cancel, or "
@@ -219,7 +196,7 @@ def _watch_run(kube: Kube, namespace: str, run_id: str, *, workers: int, model: 
     # pod's final state is known before it is reported.
     pods, _ = kube.list(namespace, "Pod", selector=selector)
     state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
-    _report_failure(kube, namespace, state, printer)
+    _report_failure(kube, namespace, state, terminal)
     culprit = failed_pod(state)
     blame = f"worker {culprit.index} exited ({why_failed(culprit)})" if culprit \
         else (state.job.reason if state.job else "unknown reason")
@@ -227,220 +204,36 @@ def _watch_run(kube: Kube, namespace: str, run_id: str, *, workers: int, model: 
                     f"{hint('logs', f'--worker {culprit.index}' if culprit else '')}")
 
 
-def _stop_threads(kube: Kube, stop: threading.Event, threads: list[threading.Thread],
-                  logs: _ChiefLog | None) -> None:
-    """End the watch and log threads: set ``stop``, break their streams, wait a little."""
-    stop.set()
-    if logs:
-        logs.close()
-        threads = [*threads, logs.thread]
-    deadline = time.monotonic() + THREAD_STOP_SECONDS
-    for thread in threads:
-        # Breaking the streams again covers a thread that was just reconnecting.
-        while thread.is_alive() and time.monotonic() < deadline:
-            kube.stop_streams()
-            thread.join(0.1)
-
-
-def _report_failure(kube: Kube, namespace: str, state: RunState, printer: _Printer) -> None:
+def _report_failure(kube: Kube, namespace: str, state: RunState, terminal: Terminal) -> None:
     culprit = failed_pod(state)
     if culprit is None:
         return
-    printer.status(f"worker {culprit.index} (pod {culprit.name}) failed: "
+    terminal.status(f"worker {culprit.index} (pod {culprit.name}) failed: "
                    f"{why_failed(culprit)} (container reason: {culprit.reason or 'none'})")
     try:
         tail = kube.read_log(namespace, culprit.name, tail_lines=LOG_TAIL_LINES)
     except ClusterError as error:
-        printer.status(f"its log is not available: {error}")
+        terminal.status(f"its log is not available: {error}")
         return
-    printer.status(f"last {LOG_TAIL_LINES} lines of {culprit.name}:")
+    terminal.status(f"last {LOG_TAIL_LINES} lines of {culprit.name}:")
     for line in tail.splitlines()[-LOG_TAIL_LINES:]:
-        printer.log(f"[worker {culprit.index}] {line}")
+        terminal.log(f"[worker {culprit.index}] {line}")
 
 
-def _interrupted(kube: Kube, namespace: str, run_id: str, *, printer: _Printer,
-                 stdin: TextIO | None, hint: _Hints) -> int:
+def _interrupted(kube: Kube, namespace: str, run_id: str, *, terminal: Terminal,
+                 hint: _Hints) -> int:
     """Ctrl-C: cancel the run, or (the default, and without a terminal) detach from it."""
-    if _ask(stdin, printer, "cancel the run (c) or detach (d)? [d] ") in ("c", "cancel"):
+    if terminal.ask("cancel the run (c) or detach (d)? [d] ") in ("c", "cancel"):
         left = _delete_objects(kube, namespace, _run_objects(run_id), propagation="Foreground")
         if left:
             raise ClusterError(f"could not delete {', '.join(left)} of run {run_id}; try "
                                f"{hint('cancel')}.")
-        printer.status(f"cancelled run {run_id}: deleted its Job (and pods), Service and "
+        terminal.status(f"cancelled run {run_id}: deleted its Job (and pods), Service and "
                        "ConfigMap")
     else:
-        printer.status(f"detached; run {run_id} goes on. Reattach with {hint('status')} or "
+        terminal.status(f"detached; run {run_id} goes on. Reattach with {hint('status')} or "
                        f"{hint('logs', '-f')}; stop it with {hint('cancel')}")
     return EXIT_INTERRUPTED
-
-
-def _ask(stdin: TextIO | None, printer: _Printer, question: str) -> str:
-    """Read one answer from a terminal; no terminal, a closed one or a 2nd Ctrl-C: ''."""
-    try:
-        if stdin is None or stdin.closed or not stdin.isatty():
-            return ""
-        printer.prompt(question)
-        return stdin.readline().strip().lower()
-    except (KeyboardInterrupt, EOFError, OSError, ValueError):
-        return ""
-
-
-def _watch_loop(kube: Kube, namespace: str, kind: str, selector: str, events: queue.Queue,
-                stop: threading.Event, run_id: str) -> None:
-    """List, then watch from the list's resourceVersion; reconnect and re-list as needed.
-
-    Runs in a thread; everything it learns (events, or the error that ends it) goes on
-    ``events``. A timeout or a dropped connection resumes from the last resourceVersion;
-    410 Gone re-lists. Only ``len(kube.reconnect_delays_seconds)`` consecutive failures
-    in a row end it.
-    """
-    version: str | None = None
-    failures = 0
-    try:
-        while not stop.is_set():
-            try:
-                if version is None:
-                    items, version = kube.list(namespace, kind, selector=selector)
-                    events.put(Event(kind, "SYNC", tuple(items)))
-                for kind_of_change, obj in kube.watch(namespace, kind, selector=selector,
-                                                      resource_version=version):
-                    version = obj["metadata"]["resourceVersion"]
-                    events.put(Event(kind, kind_of_change, (obj,)))
-                    failures = 0
-                    if stop.is_set():
-                        return
-                failures = 0
-            except WatchExpired:
-                version = None
-            except ApiUnreachable as error:
-                failures += 1
-                if failures > len(kube.reconnect_delays_seconds):
-                    events.put(ClusterError(
-                        f"lost the watch on run {run_id} after {failures - 1} reconnects: "
-                        f"{error} The run itself goes on: `trainjob status {run_id}`."))
-                    return
-                stop.wait(kube.reconnect_delays_seconds[failures - 1])
-    except Exception as error:  # noqa: BLE001 - the main thread reports it
-        events.put(error)
-
-
-# --- terminal output and the chief's log -----------------------------------------------------
-class _Printer:
-    """Writes status and log lines from several threads; never repeats a status line."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._lock = threading.Lock()
-        self._last: str | None = None
-
-    def status(self, line: str) -> None:
-        with self._lock:
-            if line == self._last:
-                return
-            self._last = line
-            self._write(line + "\n")
-
-    def log(self, line: str) -> None:
-        with self._lock:
-            self._write(line + "\n")
-
-    def prompt(self, text: str) -> None:
-        with self._lock:
-            self._write(text)
-
-    def _write(self, text: str) -> None:
-        try:
-            self._out.write(text)
-            self._out.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away: keep watching anyway
-            pass
-
-
-class _ChiefLog:
-    """Streams the chief's log in a thread, one pod after another, each line printed once.
-
-    When the chief pod is replaced, the new pod's log follows the old one's. A stream that
-    breaks is reopened and the lines already printed are skipped.
-    """
-
-    def __init__(self, kube: Kube, namespace: str, printer: _Printer) -> None:
-        self._kube, self._namespace, self._printer = kube, namespace, printer
-        self._cond = threading.Condition()
-        self._pods: list[str] = []
-        self._ended: set[str] = set()
-        self._printed: dict[str, int] = {}
-        self._draining = False
-        self._closed = False
-        self.thread = threading.Thread(target=self._run, name="chief-log", daemon=True)
-        self.thread.start()
-
-    def update(self, state: RunState) -> None:
-        with self._cond:
-            for pod in state.pods:
-                if pod.index != CHIEF_INDEX or pod.phase == "Pending":
-                    continue  # a pending container has no log yet
-                if pod.name not in self._pods and not pod.gone:
-                    self._pods.append(pod.name)
-                if pod.gone or pod.phase in ("Succeeded", "Failed"):
-                    self._ended.add(pod.name)
-            self._cond.notify_all()
-
-    def drain(self, timeout: float) -> None:
-        """The Job is over: print what is left of the chief's log, then stop."""
-        with self._cond:
-            self._draining = True
-            self._cond.notify_all()
-        self.thread.join(timeout)
-
-    def close(self) -> None:
-        """Stop following at once (the caller also breaks the open stream)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        position = 0
-        failures = 0
-        while True:
-            with self._cond:
-                while position >= len(self._pods) and not (self._draining or self._closed):
-                    self._cond.wait()
-                if self._closed or position >= len(self._pods):
-                    return
-                name = self._pods[position]
-            try:
-                complete = self._stream(name)
-                failures = 0
-            except (ApiUnreachable, LogNotReady) as error:
-                failures += 1
-                complete = failures > len(self._kube.reconnect_delays_seconds)
-                if complete:  # give up on this pod; a replacement gets a fresh start
-                    self._printer.status(f"skipped the rest of {name}'s log: {error}")
-                    failures = 0
-                else:
-                    with self._cond:
-                        self._cond.wait(self._kube.reconnect_delays_seconds[failures - 1])
-            except NotFound:
-                complete = True  # the pod and its log are gone
-            except ClusterError as error:
-                self._printer.status(f"cannot stream the chief's log: {error}")
-                return
-            if complete:
-                position += 1
-
-    def _stream(self, name: str) -> bool:
-        """Print the pod's new lines; True when its log is complete."""
-        skip = self._printed.get(name, 0)
-        for number, line in enumerate(self._kube.stream_log(self._namespace, name)):
-            if number >= skip:
-                self._printer.log(f"[{CHIEF}] {line}")
-                self._printed[name] = number + 1
-            if self._closed:
-                return True
-        with self._cond:
-            # A follow stream ends when the container does; if we do not know it ended, the
-            # connection was cut and the stream is reopened.
-            return name in self._ended or self._draining
 
 
 # --- status, logs, cancel, list ---------------------------------------------------------------
