@@ -21,7 +21,7 @@ import time
 
 from job.errors import ClusterError
 from job.submit import manifests
-from job.submit.kube import ApiUnreachable, Kube, LogNotReady, NotFound, WatchExpired
+from job.submit.kube import ApiUnreachable, Kube, LogNotReady
 from job.submit.state import CHIEF, CHIEF_INDEX, Event, RunState
 from job.submit.terminal import Terminal
 
@@ -42,14 +42,11 @@ class RunFollow:
 
     def __init__(self, kube: Kube, namespace: str, *, run_id: str,
                  terminal: Terminal | None) -> None:
-        self._kube = kube
+        self._kube, self._namespace, self._run_id = kube, namespace, run_id
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        selector = f"{manifests.LABEL_RUN_ID}={run_id}"
-        self._threads = [threading.Thread(target=_watch_loop, name=f"watch-{kind}", daemon=True,
-                                          args=(kube, namespace, kind, selector, self._events,
-                                                self._stop, run_id))
-                         for kind in ("Job", "Pod")]
+        self._threads = [threading.Thread(target=self._watch, args=(kind,), daemon=True,
+                                          name=f"watch-{kind}") for kind in ("Job", "Pod")]
         for thread in self._threads:
             thread.start()
         self._log = ChiefLog(kube, namespace, terminal) if terminal else None
@@ -85,51 +82,27 @@ class RunFollow:
                 self._kube.stop_streams()
                 thread.join(0.1)
 
-
-def _watch_loop(kube: Kube, namespace: str, kind: str, selector: str, events: queue.Queue,
-                stop: threading.Event, run_id: str) -> None:
-    """List, then watch from the list's resourceVersion; reconnect and re-list as needed.
-
-    Runs in a thread; everything it learns (events, or the error that ends it) goes on
-    ``events``. A timeout or a dropped connection resumes from the last resourceVersion;
-    410 Gone re-lists. Only ``len(kube.reconnect_delays_seconds)`` consecutive failures
-    in a row end it.
-    """
-    version: str | None = None
-    failures = 0
-    try:
-        while not stop.is_set():
-            try:
-                if version is None:
-                    items, version = kube.list(namespace, kind, selector=selector)
-                    events.put(Event(kind, "SYNC", tuple(items)))
-                for kind_of_change, obj in kube.watch(namespace, kind, selector=selector,
-                                                      resource_version=version):
-                    version = obj["metadata"]["resourceVersion"]
-                    events.put(Event(kind, kind_of_change, (obj,)))
-                    failures = 0
-                    if stop.is_set():
-                        return
-                failures = 0
-            except WatchExpired:
-                version = None
-            except ApiUnreachable as error:
-                failures += 1
-                if failures > len(kube.reconnect_delays_seconds):
-                    events.put(ClusterError(
-                        f"lost the watch on run {run_id} after {failures - 1} reconnects: "
-                        f"{error} The run itself goes on: `trainjob status {run_id}`."))
-                    return
-                stop.wait(kube.reconnect_delays_seconds[failures - 1])
-    except Exception as error:  # noqa: BLE001 - the main thread reports it
-        events.put(error)
+    def _watch(self, kind: str) -> None:
+        """One watch thread: every change goes on the queue, and so does the error ending it."""
+        try:
+            for change, objects in self._kube.follow(
+                    self._namespace, kind, selector=f"{manifests.LABEL_RUN_ID}={self._run_id}",
+                    stopped=self._stop.is_set, pause=self._stop.wait):
+                self._events.put(Event(kind, change, objects))
+        except ApiUnreachable as error:
+            self._events.put(ClusterError(
+                f"lost the watch on run {self._run_id} after "
+                f"{len(self._kube.reconnect_delays_seconds)} reconnects: {error} The run itself "
+                f"goes on: `trainjob status {self._run_id}`."))
+        except Exception as error:  # noqa: BLE001 - the main thread reports it
+            self._events.put(error)
 
 
 class ChiefLog:
     """Streams the chief's log in a thread, one pod after another, each line printed once.
 
     When the chief pod is replaced, the new pod's log follows the old one's. A stream that
-    breaks is reopened and the lines already printed are skipped.
+    breaks is reopened by ``Kube.follow_log``, which skips the lines already printed.
     """
 
     def __init__(self, kube: Kube, namespace: str, terminal: Terminal) -> None:
@@ -137,7 +110,6 @@ class ChiefLog:
         self._cond = threading.Condition()
         self._pods: list[str] = []
         self._ended: set[str] = set()
-        self._printed: dict[str, int] = {}
         self._draining = False
         self._closed = False
         self.thread = threading.Thread(target=self._run, name="chief-log", daemon=True)
@@ -169,44 +141,41 @@ class ChiefLog:
 
     def _run(self) -> None:
         position = 0
-        failures = 0
-        while True:
-            with self._cond:
-                while position >= len(self._pods) and not (self._draining or self._closed):
-                    self._cond.wait()
-                if self._closed or position >= len(self._pods):
-                    return
-                name = self._pods[position]
-            try:
-                complete = self._stream(name)
-                failures = 0
-            except (ApiUnreachable, LogNotReady) as error:
-                failures += 1
-                complete = failures > len(self._kube.reconnect_delays_seconds)
-                if complete:  # give up on this pod; a replacement gets a fresh start
-                    self._terminal.status(f"skipped the rest of {name}'s log: {error}")
-                    failures = 0
-                else:
-                    with self._cond:
-                        self._cond.wait(self._kube.reconnect_delays_seconds[failures - 1])
-            except NotFound:
-                complete = True  # the pod and its log are gone
-            except ClusterError as error:
-                self._terminal.status(f"cannot stream the chief's log: {error}")
+        while (name := self._next_pod(position)) is not None:
+            if not self._print(name):
                 return
-            if complete:
-                position += 1
+            position += 1
 
-    def _stream(self, name: str) -> bool:
-        """Print the pod's new lines; True when its log is complete."""
-        skip = self._printed.get(name, 0)
-        for number, line in enumerate(self._kube.stream_log(self._namespace, name)):
-            if number >= skip:
+    def _next_pod(self, position: int) -> str | None:
+        """Wait for the chief's pod number ``position``; None when there is none to come."""
+        with self._cond:
+            while position >= len(self._pods) and not (self._draining or self._closed):
+                self._cond.wait()
+            if self._closed or position >= len(self._pods):
+                return None
+            return self._pods[position]
+
+    def _print(self, name: str) -> bool:
+        """Print one pod's log to its end; False when no log can be streamed at all."""
+        try:
+            for line in self._kube.follow_log(self._namespace, name,
+                                              ended=lambda: self._log_complete(name),
+                                              stopped=lambda: self._closed, pause=self._pause):
                 self._terminal.log(f"[{CHIEF}] {line}")
-                self._printed[name] = number + 1
-            if self._closed:
-                return True
+        except (ApiUnreachable, LogNotReady) as error:  # a replacement gets a fresh start
+            self._terminal.status(f"skipped the rest of {name}'s log: {error}")
+        except ClusterError as error:
+            self._terminal.status(f"cannot stream the chief's log: {error}")
+            return False
+        return True
+
+    def _log_complete(self, name: str) -> bool:
         with self._cond:
             # A follow stream ends when the container does; if we do not know it ended, the
             # connection was cut and the stream is reopened.
             return name in self._ended or self._draining
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before a reconnect; a new pod, the drain or the close cuts it short."""
+        with self._cond:
+            self._cond.wait(seconds)

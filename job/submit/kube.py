@@ -3,11 +3,14 @@
 Owns: the only ``import kubernetes`` in the package. Loading the kubeconfig (``KUBECONFIG``,
 ``~/.kube/config``, in-cluster service account), bounded timeouts and retries so a dead API
 server never hangs the terminal, and turning every ``ApiException`` or transport error into
-a one-line ``ClusterError`` that says what was refused and how to fix it. Objects go in and
+a one-line ``ClusterError`` that says what was refused and how to fix it. Following a
+resource (list, then watch from its resourceVersion; 410 Gone lists again) and following a
+log (each line once across reconnects), both under one reconnect policy. Objects go in and
 come out as plain dicts in the API's own JSON shape (camelCase), so nothing above this
 module depends on the client's model classes.
-Never touches: manifest building (``job.submit.manifests``), run logic and terminal output
-(``job.submit.runs``), TensorFlow.
+Never touches: manifest building (``job.submit.manifests``), what events mean
+(``job.submit.state``), threads and terminal output (``job.submit.follow``,
+``job.submit.terminal``), TensorFlow.
 
 Example:
     >>> kube = connect(context=None)                       # doctest: +SKIP
@@ -23,7 +26,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client, config, watch
@@ -51,6 +54,8 @@ of consecutive failures tolerated (about 15 s of outage) before giving up."""
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RBAC_HINT = "ask your cluster admin to bind the trainjob Role (k8s/rbac.yaml) to you"
+
+_Item = TypeVar("_Item")
 
 # kind -> (API resource name used in RBAC and messages, create/get/delete method suffix)
 _KINDS = {
@@ -229,6 +234,94 @@ class Kube:
                     yield from watch.watch.iter_resp_lines(response)
             finally:
                 response.release_conn()
+
+    # --- following: one reconnect policy for watches and logs ----------------------------
+    def follow(self, namespace: str, kind: str, *, selector: str, stopped: Callable[[], bool],
+               pause: Callable[[float], object]) -> Iterator[tuple[str, tuple[dict, ...]]]:
+        """List, then watch from the list's resourceVersion, until ``stopped()``.
+
+        Yields ("SYNC", every object) after each listing and (ADDED, MODIFIED or DELETED,
+        (the object,)) for each change. A connection that times out or breaks resumes from
+        the last resourceVersion; 410 Gone lists again. Reconnects follow ``_reconnecting``.
+
+        Raises:
+            ApiUnreachable: the API stayed unreachable through every reconnect.
+        """
+        version: str | None = None
+
+        def connect() -> Iterator[tuple[str, tuple[dict, ...]]]:
+            nonlocal version
+            try:
+                if version is None:
+                    items, version = self.list(namespace, kind, selector=selector)
+                    yield "SYNC", tuple(items)
+                for change, obj in self.watch(namespace, kind, selector=selector,
+                                              resource_version=version):
+                    version = obj["metadata"]["resourceVersion"]
+                    yield change, (obj,)
+            except WatchExpired:
+                version = None  # compacted away: list again for a fresh one
+
+        return self._reconnecting(connect, retry_on=(ApiUnreachable,), stopped=stopped,
+                                  pause=pause)
+
+    def follow_log(self, namespace: str, pod: str, *, ended: Callable[[], bool],
+                   stopped: Callable[[], bool], pause: Callable[[float], object]
+                   ) -> Iterator[str]:
+        """Yield the pod's log lines, each once, until its container ends or ``stopped()``.
+
+        A follow stream ends when the container does; one that ends while ``ended()`` is
+        still False was cut, so it is reopened and the lines already yielded are skipped.
+        A pod that is gone ends its log. Reconnects follow ``_reconnecting``.
+
+        Raises:
+            ApiUnreachable, LogNotReady: still failing after every reconnect.
+        """
+        yielded = 0
+
+        def connect() -> Iterator[str]:
+            nonlocal yielded
+            for number, line in enumerate(self.stream_log(namespace, pod)):
+                if number >= yielded:
+                    yielded = number + 1
+                    yield line
+
+        try:
+            yield from self._reconnecting(connect, retry_on=(ApiUnreachable, LogNotReady),
+                                          stopped=stopped, pause=pause, complete=ended)
+        except NotFound:
+            return  # the pod and its log are gone
+
+    def _reconnecting(self, connect: Callable[[], Iterator[_Item]], *,
+                      retry_on: tuple[type[ClusterError], ...], stopped: Callable[[], bool],
+                      pause: Callable[[float], object],
+                      complete: Callable[[], bool] = lambda: False) -> Iterator[_Item]:
+        """Open ``connect()`` again and again and pass its items on: the one reconnect policy.
+
+        A connection that ends cleanly is reopened at once, unless ``complete()``. One that
+        fails with ``retry_on`` is reopened after the next of ``reconnect_delays_seconds``,
+        waited with ``pause`` (which may return early). A connection that brings an item, or
+        ends cleanly, resets the count, so only more failures in a row than there are delays
+        give up, raising the last. ``stopped()`` is asked before each connection and after
+        each item.
+        """
+        failures = 0
+        while not stopped():
+            try:
+                for item in connect():
+                    failures = 0
+                    yield item
+                    if stopped():
+                        return
+            except retry_on:
+                failures += 1
+                if failures > len(self.reconnect_delays_seconds):
+                    raise
+                pause(self.reconnect_delays_seconds[failures - 1])
+                continue
+            failures = 0
+            if complete():
+                return
 
     # --- plumbing ----------------------------------------------------------------------
     def _api(self, group: str) -> Any:
