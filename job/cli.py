@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one worker (of one, or of a cluster)")
     p.add_argument("spec", type=Path, help="the YAML spec")
-    p.add_argument("--run-id", default=os.environ.get("TRAINJOB_RUN_ID"),
+    p.add_argument("--run-id", default=None,
                    help="run directory name under output.dir; a restart with the same id "
                         "resumes (default: $TRAINJOB_RUN_ID, else the spec's name)")
     p.set_defaults(handler=_train)
@@ -136,12 +136,33 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", default=None, help="kubeconfig context")
 
 
+def _run_id(args: argparse.Namespace, *, default: str | None) -> str | None:
+    """--run-id, else $TRAINJOB_RUN_ID (``train`` only), else ``default``.
+
+    Checked by the one run-id rule (``job.names.check_run_id``) before anything is written,
+    deleted or sent: an id like ``../x`` would otherwise leave output.dir.
+    """
+    from job.names import check_run_id
+
+    if args.run_id is not None:
+        fallback = "to use the spec's name" if default else "for a generated id"
+        check_run_id(args.run_id, source="--run-id", hint=f"or leave it out {fallback}")
+        return args.run_id
+    variable = os.environ.get("TRAINJOB_RUN_ID", "") if args.command == "train" else ""
+    if variable:
+        check_run_id(variable, source="TRAINJOB_RUN_ID", hint="or unset TRAINJOB_RUN_ID")
+        return variable
+    return default
+
+
 def _train(args: argparse.Namespace) -> int:
     from job import spec as spec_module
-    from job.train import run_worker  # imports TensorFlow
 
     spec = spec_module.load(args.spec)
-    return run_worker(spec, run_id=args.run_id or spec.name, env=os.environ)
+    run_id = _run_id(args, default=spec.name)
+    from job.train import run_worker  # imports TensorFlow, once the input is known good
+
+    return run_worker(spec, run_id=run_id, env=os.environ)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -162,13 +183,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from job import launcher
     from job import spec as spec_module
 
     spec = spec_module.load(args.spec)
+    run_id = _run_id(args, default=spec.name)
+    from job import launcher
+
     workers = args.workers if args.workers is not None else spec.cluster.workers
     return launcher.run_local(args.spec, workers=workers, max_restarts=args.max_restarts,
-                              run_id=args.run_id or spec.name)
+                              run_id=run_id)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -176,7 +199,7 @@ def _render(args: argparse.Namespace) -> int:
     from job.submit import manifests
 
     spec = spec_module.load(args.spec)
-    run_id = args.run_id or manifests.new_run_id(spec.name)
+    run_id = _run_id(args, default=None) or manifests.new_run_id(spec.name)
     docs = manifests.render_manifests(spec, run_id=run_id, image=args.image)
     for warning in manifests.render_warnings(spec):
         print(f"trainjob: warning: {warning}", file=sys.stderr)
@@ -190,7 +213,8 @@ def _submit(args: argparse.Namespace) -> int:
 
     spec = spec_module.load(args.spec)
     return runs.submit(spec, image=args.image, namespace=args.namespace, context=args.context,
-                       run_id=args.run_id, wait=not args.no_wait, follow=args.follow)
+                       run_id=_run_id(args, default=None), wait=not args.no_wait,
+                       follow=args.follow)
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -40,7 +40,8 @@ TF_CONFIG_ROLES = ("chief", "worker", "evaluator", "ps")
 """Every role TensorFlow accepts in TF_CONFIG's cluster; ps and evaluator are refused."""
 PORT_RANGE = (1, 65535)
 
-_DIGITS = re.compile(r"^[0-9]+$")
+_DIGITS = re.compile(r"[0-9]+")
+"""Whole-number text; always used with fullmatch, so a trailing newline is refused."""
 _EXCERPT_CHARS = 120
 """Characters of a bad TF_CONFIG quoted in an error: enough to spot the mistake."""
 
@@ -241,7 +242,7 @@ def _tf_config_task(task: Any, roles: Mapping[str, list[str]]) -> tuple[str, int
     # TensorFlow itself accepts the index as a number or a numeric string.
     if isinstance(raw_index, bool) or not (
             isinstance(raw_index, int) or (isinstance(raw_index, str)
-                                           and _DIGITS.match(raw_index))):
+                                           and _DIGITS.fullmatch(raw_index))):
         raise _tf_error(f"task.index={raw_index!r}; expected a whole number from 0.")
     index, count = int(raw_index), len(roles[task_type])
     if not 0 <= index < count:
@@ -334,7 +335,7 @@ def _indexed_addresses(env: Mapping[str, str], *, num_workers: int) -> tuple[str
 
 
 def _parse_int(name: str, value: str, *, low: int, high: int | None = None) -> int:
-    number = int(value) if _DIGITS.match(value) else None
+    number = int(value) if _DIGITS.fullmatch(value) else None
     if number is None or number < low or (high is not None and number > high):
         bounds = f"from {low} to {high}" if high is not None else f"from {low} up"
         raise EnvironmentConfigError(f"{name}={value!r} is not valid; expected a whole number "
@@ -344,7 +345,7 @@ def _parse_int(name: str, value: str, *, low: int, high: int | None = None) -> i
 
 def _check_address(where: str, address: Any) -> None:
     host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
-    valid = (bool(host) and not re.search(r"[\s/,]", host) and bool(_DIGITS.match(port))
+    valid = (bool(host) and not re.search(r"[\s/,]", host) and bool(_DIGITS.fullmatch(port))
              and PORT_RANGE[0] <= int(port) <= PORT_RANGE[1])
     if not valid:
         raise EnvironmentConfigError(

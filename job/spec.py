@@ -1,8 +1,10 @@
 """The run spec: frozen dataclasses, loaded from YAML and checked in one place.
 
 Owns: the spec's keys, their defaults (each with its reason), type and range
-checks, unknown-key rejection, cross-field checks, and path resolution (relative
-paths resolve against the spec file's folder).
+checks (numbers finite; node selectors and tolerations by Kubernetes' own rules),
+unknown-key rejection, cross-field checks, and path resolution (relative paths
+resolve against the spec file's folder). Reading the file safely and the YAML
+dialect are ``job.spec_yaml``'s; name rules and the run-id check are ``job.names``'.
 Never touches: TensorFlow, Pillow, kubernetes. Everything after ``load`` trusts
 the dataclasses.
 
@@ -15,16 +17,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from job import names, spec_yaml
 from job.errors import SpecError
+from job.spec_yaml import Reader
 
 BACKBONES = ("small_cnn", "vgg16", "resnet50", "mobilenet_v2", "efficientnet_b0")
 OPTIMIZERS = ("adam", "sgd", "adamw", "rmsprop")
@@ -32,9 +33,11 @@ COLOR_MODES = ("rgb", "grayscale")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 CACHE_MODES = ("auto", "memory", "disk", "none")
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?")
 NAME_MAX_LENGTH = 40
 """Characters: leaves room for '-<run suffix>-<index>' inside a 63-char DNS label."""
 
@@ -198,19 +201,7 @@ def load(path: str | Path) -> Spec:
         SpecError: naming the file or key, what was wrong, and how to fix it.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found; pass the path to a YAML spec.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read the spec file ({error}).") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}.") from None
+    data = spec_yaml.read(path)
     return from_dict(data, base_dir=path.resolve().parent, source=str(path))
 
 
@@ -221,13 +212,13 @@ def from_dict(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
         >>> from_dict({"name": "x", "data": {"train_dir": "d"}}, base_dir=Path("/s")).data.train_dir
         PosixPath('/s/d')
     """
-    reader = _Reader(source=source, base_dir=Path(base_dir))
+    reader = Reader(source=source, base_dir=Path(base_dir))
     if data is None:
         raise SpecError(f"{source}: the spec is empty; start from examples/shapes.yaml.")
     root = reader.mapping(data, "", allowed=("name", "data", "model", "train", "output",
                                             "cluster"))
     name = reader.string(root, "name", required=True)
-    if len(name) > NAME_MAX_LENGTH or not _DNS_LABEL.match(name):
+    if not names.is_dns_label(name, max_length=NAME_MAX_LENGTH):
         reader.fail("name", name, f"a DNS-1123 label: lowercase letters, digits and '-', "
                     f"starting and ending with a letter or digit, at most {NAME_MAX_LENGTH} "
                     "characters", "e.g. 'shapes-v2'")
@@ -244,7 +235,7 @@ def from_dict(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
     return spec
 
 
-def _data(r: _Reader, d: dict) -> DataSpec:
+def _data(r: Reader, d: dict) -> DataSpec:
     r.allowed(d, "data", DataSpec)
     size = d.get("image_size", [64, 64])
     if (not isinstance(size, (list, tuple)) or len(size) != 2
@@ -267,7 +258,7 @@ def _data(r: _Reader, d: dict) -> DataSpec:
     )
 
 
-def _model(r: _Reader, d: dict) -> ModelSpec:
+def _model(r: Reader, d: dict) -> ModelSpec:
     r.allowed(d, "model", ModelSpec)
     weights = d.get("weights")
     if isinstance(weights, str) and weights.strip().lower() == "imagenet":
@@ -294,7 +285,7 @@ def _model(r: _Reader, d: dict) -> ModelSpec:
     )
 
 
-def _train(r: _Reader, d: dict) -> TrainSpec:
+def _train(r: Reader, d: dict) -> TrainSpec:
     r.allowed(d, "train", TrainSpec)
     return TrainSpec(
         epochs=r.integer(d, "train.epochs", 10, low=1, high=100_000),
@@ -311,7 +302,7 @@ def _train(r: _Reader, d: dict) -> TrainSpec:
     )
 
 
-def _output(r: _Reader, d: dict) -> OutputSpec:
+def _output(r: Reader, d: dict) -> OutputSpec:
     r.allowed(d, "output", OutputSpec)
     return OutputSpec(
         dir=r.path(d, "output.dir") or r.base_dir / "models",
@@ -320,14 +311,15 @@ def _output(r: _Reader, d: dict) -> OutputSpec:
     )
 
 
-def _volume(r: _Reader, d: dict, key: str) -> VolumeSpec | None:
+def _volume(r: Reader, d: dict, key: str) -> VolumeSpec | None:
     value = d.get(key.rsplit(".", 1)[-1])
     if value is None:
         return None
     v = r.mapping(value, key, allowed=("claim", "mount", "read_only"))
     claim = r.string(v, f"{key}.claim", required=True)
-    if not _DNS_LABEL.match(claim) or len(claim) > 253:
-        r.fail(f"{key}.claim", claim, "a PersistentVolumeClaim name (lowercase DNS name)",
+    if not names.is_dns_subdomain(claim):
+        r.fail(f"{key}.claim", claim, "a PersistentVolumeClaim name (a lowercase DNS-1123 "
+               "subdomain)",
                "e.g. 'trainjob-models'")
     mount = r.string(v, f"{key}.mount", required=True)
     if not mount.startswith("/"):
@@ -336,42 +328,29 @@ def _volume(r: _Reader, d: dict, key: str) -> VolumeSpec | None:
                       read_only=r.boolean(v, f"{key}.read_only", False))
 
 
-def _cluster(r: _Reader, d: dict) -> ClusterSpec:
+def _cluster(r: Reader, d: dict) -> ClusterSpec:
     r.allowed(d, "cluster", ClusterSpec)
     namespace = r.string(d, "cluster.namespace") or "default"
-    if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
+    if not names.is_dns_label(namespace):
         r.fail("cluster.namespace", namespace, "a DNS-1123 label", "e.g. 'ml-team'")
     quantities = {}
     for key, default in (("cpu", "1"), ("memory", "4Gi")):
         raw = d.get(key, default)
         text = str(raw) if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) \
             else None
-        if text is None or not _QUANTITY.match(text):
+        if text is None or not _QUANTITY.fullmatch(text):
             r.fail(f"cluster.{key}", raw, "a Kubernetes quantity", "e.g. cpu: \"4\", "
                    "memory: 16Gi")
         quantities[key] = text
-    selector = d.get("node_selector") or {}
-    if not isinstance(selector, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
-        r.fail("cluster.node_selector", selector, "a mapping of label to string value",
-               "quote numbers, e.g. {gpu: \"true\"}")
-    tolerations = d.get("tolerations") or []
-    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
-        r.fail("cluster.tolerations", tolerations, "a list of Kubernetes toleration mappings",
-               "e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]")
-    allowed_toleration = {"key", "operator", "value", "effect", "tolerationSeconds"}
-    for i, t in enumerate(tolerations):
-        unknown = set(t) - allowed_toleration
-        if unknown:
-            r.fail(f"cluster.tolerations[{i}]", sorted(unknown)[0], "one of "
-                   + ", ".join(sorted(allowed_toleration)), "remove the unknown key")
     queue = r.string(d, "cluster.queue")
-    if queue is not None and not _DNS_LABEL.match(queue):
-        r.fail("cluster.queue", queue, "a Kueue LocalQueue name (DNS-1123 label)",
+    if queue is not None and not names.is_dns_label(queue):
+        r.fail("cluster.queue", queue, "a Kueue LocalQueue name (a DNS-1123 label, at most 63 "
+               "characters: it is also a label value)",
                "e.g. 'team-a'")
     account = r.string(d, "cluster.service_account")
-    if account is not None and not _DNS_LABEL.match(account):
-        r.fail("cluster.service_account", account, "a ServiceAccount name", "e.g. 'trainer'")
+    if account is not None and not names.is_dns_subdomain(account):
+        r.fail("cluster.service_account", account, "a ServiceAccount name (a lowercase DNS-1123 "
+               "subdomain)", "e.g. 'trainer'")
     return ClusterSpec(
         workers=r.integer(d, "cluster.workers", 1, low=1, high=1024),
         image=r.string(d, "cluster.image"),
@@ -381,8 +360,8 @@ def _cluster(r: _Reader, d: dict) -> ClusterSpec:
         memory=quantities["memory"],
         models_volume=_volume(r, d, "cluster.models_volume"),
         data_volume=_volume(r, d, "cluster.data_volume"),
-        node_selector=dict(selector),
-        tolerations=tuple(dict(t) for t in tolerations),
+        node_selector=_node_selector(r, d.get("node_selector")),
+        tolerations=_tolerations(r, d.get("tolerations")),
         queue=queue,
         max_restarts=r.integer(d, "cluster.max_restarts", 3, low=0, high=100),
         active_deadline_seconds=r.integer(d, "cluster.active_deadline_seconds", None, low=1),
@@ -395,7 +374,67 @@ def _cluster(r: _Reader, d: dict) -> ClusterSpec:
     )
 
 
-def _cross_checks(r: _Reader, spec: Spec) -> None:
+def _node_selector(r: Reader, selector: Any) -> dict[str, str]:
+    """Node labels by Kubernetes' rules; a bad pair is shown whole, so both parts are seen."""
+    selector = {} if selector is None else selector
+    if not isinstance(selector, dict):
+        r.fail("cluster.node_selector", selector, "a mapping of node label to value",
+               "e.g. {gpu: \"true\"}")
+    for label, value in selector.items():
+        if not names.is_label_key(label):
+            r.fail("cluster.node_selector", {label: value}, names.LABEL_KEY_RULE,
+                   "e.g. {kubernetes.io/arch: amd64}")
+        if not names.is_label_value(value):
+            r.fail("cluster.node_selector", {label: value}, names.LABEL_VALUE_RULE,
+                   "quote numbers and booleans, e.g. {gpu: \"true\"}")
+    return dict(selector)
+
+
+def _tolerations(r: Reader, tolerations: Any) -> tuple[dict[str, Any], ...]:
+    """Tolerations by Kubernetes' rules; fields set to null are dropped (null means unset)."""
+    tolerations = [] if tolerations is None else tolerations
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        r.fail("cluster.tolerations", tolerations, "a list of Kubernetes toleration mappings",
+               "e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]")
+    checked = []
+    for i, toleration in enumerate(tolerations):
+        r.mapping(toleration, f"cluster.tolerations[{i}]", allowed=TOLERATION_FIELDS)
+        given = {k: v for k, v in toleration.items() if v is not None}
+        _toleration(r, given, f"cluster.tolerations[{i}]")
+        checked.append(given)
+    return tuple(checked)
+
+
+def _toleration(r: Reader, t: dict[str, Any], at: str) -> None:
+    key, operator = t.get("key", ""), t.get("operator", "Equal")
+    value, effect = t.get("value", ""), t.get("effect", "")
+    if key != "" and not names.is_label_key(key):
+        r.fail(f"{at}.key", key, "empty or " + names.LABEL_KEY_RULE, "e.g. nvidia.com/gpu")
+    if operator not in TOLERATION_OPERATORS:
+        r.fail(f"{at}.operator", operator, "Exists or Equal (the default)", "pick one of those")
+    if key == "" and operator != "Exists":
+        r.fail(f"{at}.operator", operator, "Exists when key is empty (which tolerates every "
+               "taint)", "give a key, or set operator: Exists")
+    if operator == "Exists" and value != "":
+        r.fail(f"{at}.value", value, "no value with operator Exists (it matches any value)",
+               "remove value, or set operator: Equal")
+    if not names.is_label_value(value):
+        r.fail(f"{at}.value", value, names.LABEL_VALUE_RULE, "quote numbers and booleans")
+    if effect not in ("", *TOLERATION_EFFECTS):
+        r.fail(f"{at}.effect", effect, "empty (every effect) or one of "
+               + ", ".join(TOLERATION_EFFECTS), "pick one of those")
+    if "tolerationSeconds" in t:
+        seconds = t["tolerationSeconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int) \
+                or not -2**63 <= seconds < 2**63:
+            r.fail(f"{at}.tolerationSeconds", seconds, "an integer number of seconds",
+                   "write it without quotes, e.g. 300")
+        if effect != "NoExecute":
+            r.fail(f"{at}.tolerationSeconds", seconds, "tolerationSeconds only with effect: "
+                   "NoExecute (seconds before eviction)", "set effect: NoExecute, or remove it")
+
+
+def _cross_checks(r: Reader, spec: Spec) -> None:
     workers = spec.cluster.workers
     if spec.train.global_batch_size % workers:
         r.fail("train.global_batch_size", spec.train.global_batch_size,
@@ -416,109 +455,6 @@ def check_worker_count(spec: Spec, workers: int, *, unit: str = "workers") -> No
         raise SpecError(
             f"train.global_batch_size={spec.train.global_batch_size} is not divisible by "
             f"{unit}={workers}; use a multiple of {workers}.")
-
-
-class _Reader:
-    """Typed access to a parsed YAML mapping that fails with the key's full path."""
-
-    def __init__(self, *, source: str, base_dir: Path) -> None:
-        self.source = source
-        self.base_dir = base_dir
-
-    def fail(self, key: str, received: Any, expected: str, fix: str) -> None:
-        raise SpecError(f"{self.source}: {key}={received!r} is invalid: expected {expected}; "
-                        f"{fix}.")
-
-    def mapping(self, value: Any, key: str, *, allowed: tuple[str, ...]) -> dict:
-        if not isinstance(value, dict):
-            where = key or "the top level"
-            raise SpecError(f"{self.source}: {where} must be a mapping of keys, got "
-                            f"{type(value).__name__}; see examples/shapes.yaml.")
-        for k in value:
-            if k not in allowed:
-                full = f"{key}.{k}" if key else str(k)
-                raise SpecError(f"{self.source}: unknown key {full!r}; allowed keys"
-                                f"{' under ' + key if key else ''}: {', '.join(allowed)}.")
-        return value
-
-    def allowed(self, d: dict, key: str, cls: type) -> None:
-        self.mapping(d, key, allowed=tuple(f.name for f in dataclasses.fields(cls)))
-
-    def section(self, d: dict, name: str, *, required: bool = False,
-                path: str | None = None) -> dict:
-        path = path or name
-        if name not in d or d[name] is None:
-            if required:
-                raise SpecError(f"{self.source}: missing required section {path!r}; "
-                                "see examples/shapes.yaml.")
-            return {}
-        if not isinstance(d[name], dict):
-            raise SpecError(f"{self.source}: {path} must be a mapping, got "
-                            f"{type(d[name]).__name__} {d[name]!r}.")
-        return d[name]
-
-    def _get(self, d: dict, key: str, default: Any, required: bool) -> Any:
-        short = key.rsplit(".", 1)[-1]
-        if d.get(short) is None:
-            if required:
-                raise SpecError(f"{self.source}: missing required key {key!r}; "
-                                "see examples/shapes.yaml.")
-            return default
-        return d[short]
-
-    def string(self, d: dict, key: str, *, required: bool = False) -> str | None:
-        value = self._get(d, key, None, required)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            self.fail(key, value, "a non-empty string", "quote it in the YAML")
-        return value
-
-    def path(self, d: dict, key: str, *, required: bool = False) -> Path | None:
-        value = self.string(d, key, required=required)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
-
-    def integer(self, d: dict, key: str, default: int | None, *, low: int | None = None,
-                high: int | None = None) -> int | None:
-        value = self._get(d, key, default, False)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, value, "an integer", "write it without quotes or decimals")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"from {low}" + (f" to {high}" if high is not None else " up")
-            self.fail(key, value, f"an integer {bounds}", "change the value")
-        return value
-
-    def number(self, d: dict, key: str, default: float, *, low: float, high: float,
-               exclusive_low: bool = False) -> float:
-        value = self._get(d, key, default, False)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(key, value, "a number", "write it without quotes")
-        too_low = value <= low if exclusive_low else value < low
-        if too_low or value > high:
-            self.fail(key, value, f"a number {'above' if exclusive_low else 'from'} {low} "
-                      f"to {high}", "change the value")
-        return float(value)
-
-    def boolean(self, d: dict, key: str, default: bool) -> bool:
-        value = self._get(d, key, default, False)
-        if not isinstance(value, bool):
-            self.fail(key, value, "true or false", "write true or false without quotes")
-        return value
-
-    def boolean_or_auto(self, d: dict, key: str, default: bool | str) -> bool | str:
-        value = self._get(d, key, default, False)
-        if not isinstance(value, bool) and value != "auto":
-            self.fail(key, value, "auto, true or false", "write one of those without quotes")
-        return value
-
-    def choice(self, d: dict, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self._get(d, key, default, False)
-        if value not in choices:
-            self.fail(key, value, "one of " + ", ".join(choices), "pick one of those")
-        return value
 
 
 def _plain(value: Any) -> Any:

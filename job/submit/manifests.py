@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,6 +51,7 @@ import yaml
 
 from job import __version__
 from job.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_RETRYABLE, SpecError
+from job.names import POD_NAME_RESERVE, RUN_ID_MAX_LENGTH, check_run_id, excerpt, is_dns_label
 from job.spec import Spec
 
 CONTAINER_NAME = "trainjob"
@@ -88,12 +88,8 @@ RUN_SUFFIX_LENGTH = 5
 """Random characters after the spec name: 27**5 ≈ 14 million ids per name."""
 RUN_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 """Kubernetes' own generateName alphabet: no vowels, so no accidental words."""
-POD_NAME_RESERVE = len("-1023-") + 5
-"""Characters the Job controller appends to the Job name for a pod name (index up to 1023)."""
-RUN_ID_MAX_LENGTH = 63 - POD_NAME_RESERVE
-"""A run id is a Job name; its pods' names and hostnames must stay 63-character DNS labels."""
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# POD_NAME_RESERVE and RUN_ID_MAX_LENGTH live in job.names with check_run_id, the one run-id
+# rule that train, local, render and submit share; they are re-exported here.
 
 
 def new_run_id(name: str) -> str:
@@ -108,22 +104,12 @@ def new_run_id(name: str) -> str:
     """
     suffix = "".join(secrets.choice(RUN_SUFFIX_ALPHABET) for _ in range(RUN_SUFFIX_LENGTH))
     run_id = f"{name}-{suffix}"
-    if not _DNS_LABEL.match(name) or len(run_id) > RUN_ID_MAX_LENGTH:
+    if not is_dns_label(name) or len(run_id) > RUN_ID_MAX_LENGTH:
         raise SpecError(
-            f"name={name!r} cannot start a run id: expected a DNS-1123 label of at most "
+            f"name={excerpt(name)} cannot start a run id: expected a DNS-1123 label of at most "
             f"{RUN_ID_MAX_LENGTH - RUN_SUFFIX_LENGTH - 1} characters; shorten or fix the "
             "spec's name.")
     return run_id
-
-
-def check_run_id(run_id: str) -> None:
-    """Raise SpecError unless ``run_id`` can name the Job, its pods and their hostnames."""
-    if not isinstance(run_id, str) or not _DNS_LABEL.match(run_id) \
-            or len(run_id) > RUN_ID_MAX_LENGTH:
-        raise SpecError(
-            f"--run-id={run_id!r} is invalid: expected a DNS-1123 label (lowercase letters, "
-            f"digits and '-') of at most {RUN_ID_MAX_LENGTH} characters, so pod names fit in "
-            "63; e.g. 'shapes-try2', or leave it out for a generated id.")
 
 
 def render_manifests(spec: Spec, *, run_id: str, image: str | None = None,
@@ -539,6 +525,7 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _ManifestDumper.add_representer(str, _represent_str)
 
 __all__ = [
-    "backoff_limit", "check_run_id", "labels", "new_run_id", "pod_failure_policy",
+    "POD_NAME_RESERVE", "RUN_ID_MAX_LENGTH", "backoff_limit", "check_run_id", "labels",
+    "new_run_id", "pod_failure_policy",
     "pod_spec_dict", "pod_spec_yaml", "render_manifests", "render_warnings", "to_yaml",
 ]
