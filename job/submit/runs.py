@@ -3,11 +3,11 @@
 Owns: the submitter's flows and what they print. The story of ``submit``: check the namespace
 and volumes, create the ConfigMap, Service and Job (all or none), then watch pod and Job
 events until the Job ends, printing one status line per change and the chief's log, and
-finally where the model is, or which pod failed and why. The pure part
-(``job.submit.state``) turns watch events into a ``RunState`` and the state into a line;
-the threads here only move events and log lines.
-Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door) or
-manifest building (``job.submit.manifests``).
+finally where the model is, or which pod failed and why. ``RunRef``, the run every command
+opens: its cluster, its namespace and the commands to paste for it.
+Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door),
+manifest building (``job.submit.manifests``), what events mean (``job.submit.state``), the
+threads that follow a run (``job.submit.follow``).
 
 Example:
     >>> submit(load("examples/shapes.yaml"), image="ghcr.io/me/trainjob:1")  # doctest: +SKIP
@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import yaml
@@ -56,6 +56,83 @@ LOG_DRAIN_SECONDS = 30.0
 """After the Job ends, how long to wait for the chief's last log lines to arrive."""
 
 
+# --- the run every command opens --------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRef:
+    """One run on one cluster: where it is, and how to name it in a ready-to-paste command."""
+
+    kube: Kube
+    namespace: str
+    run_id: str
+    context: str | None = None
+    """The kubeconfig context the user chose, repeated in hints; None: the current one."""
+
+    @classmethod
+    def open(cls, run_id: str, *, namespace: str | None, context: str | None,
+             kube: Kube | None) -> RunRef:
+        """Every command's opening: connect (unless given a client), default the namespace."""
+        kube, namespace = _connect(kube, namespace=namespace, context=context)
+        return cls(kube, namespace, run_id, context)
+
+    @property
+    def selector(self) -> str:
+        """The label selector of the run's pods and Job."""
+        return f"{manifests.LABEL_RUN_ID}={self.run_id}"
+
+    def hint(self, command: str, extra: str = "") -> str:
+        """A command for this run, with -n/--context only when they are needed."""
+        flags = "" if self.namespace == self.kube.default_namespace \
+            else f" -n {self.namespace}"
+        flags += f" --context {self.context}" if self.context else ""
+        return f"trainjob {command} {self.run_id}{flags}" + (f" {extra}" if extra else "")
+
+    def job(self) -> dict[str, Any]:
+        """The run's Job. Raises ClusterError when there is no such run."""
+        try:
+            return self.kube.get(self.namespace, "Job", self.run_id)
+        except NotFound:
+            raise self.missing() from None
+
+    def missing(self) -> ClusterError:
+        """The one line for a run that is not there."""
+        return ClusterError(f"no run named {self.run_id!r} in namespace {self.namespace!r}; "
+                            "`trainjob list` shows the runs there.")
+
+    def objects(self) -> list[dict[str, Any]]:
+        """The names of the run's objects, in deletion order: the Job (and its pods) first."""
+        return [{"kind": "Job", "metadata": {"name": self.run_id}},
+                {"kind": "Service", "metadata": {"name": self.run_id}},
+                {"kind": "ConfigMap", "metadata": {"name": f"{self.run_id}-spec"}}]
+
+
+def _connect(kube: Kube | None, *, namespace: str | None,
+             context: str | None) -> tuple[Kube, str]:
+    """The cluster (from the kubeconfig unless given) and the namespace (else the context's)."""
+    kube = kube or kube_module.connect(context=context)
+    return kube, namespace or kube.default_namespace
+
+
+def _delete(run: RunRef, docs: Iterable[Mapping[str, Any]], *,
+            propagation: str) -> tuple[list[str], dict[str, ClusterError]]:
+    """Delete each object, skipping those already gone.
+
+    Returns:
+        The objects deleted ('Job name'), and those that resisted with why.
+    """
+    deleted: list[str] = []
+    refused: dict[str, ClusterError] = {}
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        try:
+            run.kube.delete(run.namespace, kind, name, propagation=propagation)
+            deleted.append(f"{kind} {name}")
+        except NotFound:
+            pass
+        except ClusterError as error:
+            refused[f"{kind} {name}"] = error
+    return deleted, refused
+
+
 # --- submit: the story of one run ------------------------------------------------------------
 def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None,
            context: str | None = None, run_id: str | None = None, wait: bool = True,
@@ -87,33 +164,32 @@ def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None
     terminal = Terminal(out or sys.stdout, stdin=sys.stdin if stdin is None else stdin)
     for warning in manifests.render_warnings(spec):
         terminal.status(f"warning: {warning}")
-    kube = kube or kube_module.connect(context=context)
-    _check_prerequisites(kube, namespace, spec, terminal)
-    _create_all(kube, namespace, docs, run_id=run_id)
-    hint = _Hints(run_id, namespace=namespace, kube=kube, context=context)
+    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    _check_prerequisites(run, spec, terminal)
+    _create_all(run, docs)
     objects = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in docs)
     terminal.status(f"submitted run {run_id} to namespace {namespace!r} ({objects})")
-    terminal.status(f"  status: {hint('status')}\n  logs:   {hint('logs', '-f')}\n"
-                   f"  cancel: {hint('cancel')}")
+    terminal.status(f"  status: {run.hint('status')}\n  logs:   {run.hint('logs', '-f')}\n"
+                    f"  cancel: {run.hint('cancel')}")
     if not wait:
         return EXIT_OK
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
-    return _watch_run(kube, namespace, run_id, workers=spec.cluster.workers,
-                      model=model_location(pod_spec, run_id=run_id), follow=follow,
-                      terminal=terminal, hint=hint)
+    return _watch_run(run, workers=spec.cluster.workers, follow=follow, terminal=terminal,
+                      model=model_location(pod_spec, run_id=run_id))
 
 
-def _check_prerequisites(kube: Kube, namespace: str, spec: Spec, terminal: Terminal) -> None:
+def _check_prerequisites(run: RunRef, spec: Spec, terminal: Terminal) -> None:
     """Fail before creating anything when the namespace or a volume does not exist."""
+    kube, namespace = run.kube, run.namespace
     exists = kube.namespace_exists(namespace)
     if exists is False:
         raise ClusterError(f"namespace {namespace!r} does not exist on {kube.host}; create it "
                            f"(kubectl apply -k k8s/, or kubectl create namespace {namespace}) "
                            "or choose another with --namespace or cluster.namespace.")
     if exists is None:
-        terminal.status(f"note: cannot check that namespace {namespace!r} exists (no permission "
-                       "to read namespaces); continuing")
+        terminal.status(f"note: cannot check that namespace {namespace!r} exists (no "
+                        "permission to read namespaces); continuing")
     missing = []
     for key, volume in (("cluster.models_volume", spec.cluster.models_volume),
                         ("cluster.data_volume", spec.cluster.data_volume)):
@@ -130,88 +206,71 @@ def _check_prerequisites(kube: Kube, namespace: str, spec: Spec, terminal: Termi
                            "created.")
 
 
-def _create_all(kube: Kube, namespace: str, docs: Sequence[Mapping[str, Any]], *,
-                run_id: str) -> None:
+def _create_all(run: RunRef, docs: Sequence[Mapping[str, Any]]) -> None:
     """Create the objects in order; if one fails, delete those already made: all or none."""
     created: list[Mapping[str, Any]] = []
     try:
         for doc in docs:
-            kube.create(namespace, doc)
+            run.kube.create(run.namespace, doc)
             created.append(doc)
     except (ClusterError, KeyboardInterrupt) as error:
-        left = _delete_objects(kube, namespace, reversed(created), propagation="Background")
+        _, left = _delete(run, reversed(created), propagation="Background")
         if left and isinstance(error, ClusterError):
             raise ClusterError(f"{error} Could not remove the objects already created "
-                               f"({', '.join(left)}); run `trainjob cancel {run_id}`.") from None
+                               f"({', '.join(left)}); run `trainjob cancel {run.run_id}`."
+                               ) from None
         raise
 
 
-def _delete_objects(kube: Kube, namespace: str, docs: Iterable[Mapping[str, Any]], *,
-                    propagation: str) -> list[str]:
-    """Delete each object, ignoring those already gone; return the ones that resisted."""
-    left = []
-    for doc in docs:
-        kind, name = doc["kind"], doc["metadata"]["name"]
-        try:
-            kube.delete(namespace, kind, name, propagation=propagation)
-        except NotFound:
-            pass
-        except ClusterError:
-            left.append(f"{kind} {name}")
-    return left
-
-
-def _run_objects(run_id: str) -> list[dict[str, Any]]:
-    """The names of a run's objects, in deletion order: the Job (and its pods) first."""
-    return [{"kind": "Job", "metadata": {"name": run_id}},
-            {"kind": "Service", "metadata": {"name": run_id}},
-            {"kind": "ConfigMap", "metadata": {"name": f"{run_id}-spec"}}]
-
-
-def _watch_run(kube: Kube, namespace: str, run_id: str, *, workers: int, model: str,
-               follow: bool, terminal: Terminal, hint: _Hints) -> int:
+def _watch_run(run: RunRef, *, workers: int, model: str, follow: bool,
+               terminal: Terminal) -> int:
     """Print one line per change until the Job ends; the outcome decides the return."""
-    selector = f"{manifests.LABEL_RUN_ID}={run_id}"
-    watching = RunFollow(kube, namespace, run_id=run_id, terminal=terminal if follow else None)
+    following = RunFollow(run.kube, run.namespace, run_id=run.run_id,
+                          terminal=terminal if follow else None)
     state = RunState(workers=workers)
     try:
         while not state.finished:
-            state, lines = reduce(state, watching.next_event())
+            state, lines = reduce(state, following.next_event())
             for line in [*lines, describe(state)]:
                 terminal.status(line)
-            watching.update(state)
-        watching.drain(LOG_DRAIN_SECONDS)
+            following.update(state)
+        following.drain(LOG_DRAIN_SECONDS)
     except KeyboardInterrupt:
-        watching.stop()
-        return _interrupted(kube, namespace, run_id, terminal=terminal, hint=hint)
+        following.stop()
+        return _interrupted(run, terminal)
     finally:
-        watching.stop()
+        following.stop()
     if state.job is not None and state.job.outcome == "succeeded":
         terminal.status(f"model: {model}")
         return EXIT_OK
+    raise _failure(run, state, terminal)
+
+
+def _failure(run: RunRef, state: RunState, terminal: Terminal) -> JobFailed:
+    """The run ended without success: print the failed pod and its log tail; say why."""
     if state.job is not None and state.job.gone:
-        raise JobFailed(f"run {run_id} was deleted before it finished (trainjob cancel, or "
-                        "kubectl delete).")
+        return JobFailed(f"run {run.run_id} was deleted before it finished (trainjob cancel, "
+                         "or kubectl delete).")
     # The Job's watch can be ahead of the pods' watch: list the pods once more, so the failed
     # pod's final state is known before it is reported.
-    pods, _ = kube.list(namespace, "Pod", selector=selector)
+    pods, _ = run.kube.list(run.namespace, "Pod", selector=run.selector)
     state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
-    _report_failure(kube, namespace, state, terminal)
+    _report_failure(run, state, terminal)
     culprit = failed_pod(state)
     blame = f"worker {culprit.index} exited ({why_failed(culprit)})" if culprit \
         else (state.job.reason if state.job else "unknown reason")
-    raise JobFailed(f"run {run_id} failed: {blame}; the log tail is above, the full log: "
-                    f"{hint('logs', f'--worker {culprit.index}' if culprit else '')}")
+    return JobFailed(f"run {run.run_id} failed: {blame}; the log tail is above, the full "
+                     f"log: {run.hint('logs', f'--worker {culprit.index}' if culprit else '')}")
 
 
-def _report_failure(kube: Kube, namespace: str, state: RunState, terminal: Terminal) -> None:
+def _report_failure(run: RunRef, state: RunState, terminal: Terminal) -> None:
     culprit = failed_pod(state)
     if culprit is None:
         return
     terminal.status(f"worker {culprit.index} (pod {culprit.name}) failed: "
-                   f"{why_failed(culprit)} (container reason: {culprit.reason or 'none'})")
+                    f"{why_failed(culprit)} (container reason: {culprit.reason or 'none'})")
     try:
-        tail = kube.read_log(namespace, culprit.name, tail_lines=LOG_TAIL_LINES)
+        tail = run.kube.read_log(run.namespace, culprit.name, tail_lines=LOG_TAIL_LINES)
     except ClusterError as error:
         terminal.status(f"its log is not available: {error}")
         return
@@ -220,39 +279,23 @@ def _report_failure(kube: Kube, namespace: str, state: RunState, terminal: Termi
         terminal.log(f"[worker {culprit.index}] {line}")
 
 
-def _interrupted(kube: Kube, namespace: str, run_id: str, *, terminal: Terminal,
-                 hint: _Hints) -> int:
+def _interrupted(run: RunRef, terminal: Terminal) -> int:
     """Ctrl-C: cancel the run, or (the default, and without a terminal) detach from it."""
     if terminal.ask("cancel the run (c) or detach (d)? [d] ") in ("c", "cancel"):
-        left = _delete_objects(kube, namespace, _run_objects(run_id), propagation="Foreground")
+        _, left = _delete(run, run.objects(), propagation="Foreground")
         if left:
-            raise ClusterError(f"could not delete {', '.join(left)} of run {run_id}; try "
-                               f"{hint('cancel')}.")
-        terminal.status(f"cancelled run {run_id}: deleted its Job (and pods), Service and "
-                       "ConfigMap")
+            raise ClusterError(f"could not delete {', '.join(left)} of run {run.run_id}; try "
+                               f"{run.hint('cancel')}.")
+        terminal.status(f"cancelled run {run.run_id}: deleted its Job (and pods), Service and "
+                        "ConfigMap")
     else:
-        terminal.status(f"detached; run {run_id} goes on. Reattach with {hint('status')} or "
-                       f"{hint('logs', '-f')}; stop it with {hint('cancel')}")
+        terminal.status(f"detached; run {run.run_id} goes on. Reattach with "
+                        f"{run.hint('status')} or {run.hint('logs', '-f')}; stop it with "
+                        f"{run.hint('cancel')}")
     return EXIT_INTERRUPTED
 
 
 # --- status, logs, cancel, list ---------------------------------------------------------------
-@dataclass(frozen=True)
-class _Hints:
-    """Ready-to-paste commands for a run, with -n/--context only when they are needed."""
-
-    run_id: str
-    namespace: str
-    kube: Kube = field(compare=False)
-    context: str | None = None
-
-    def __call__(self, command: str, extra: str = "") -> str:
-        flags = "" if self.namespace == self.kube.default_namespace \
-            else f" -n {self.namespace}"
-        flags += f" --context {self.context}" if self.context else ""
-        return f"trainjob {command} {self.run_id}{flags}" + (f" {extra}" if extra else "")
-
-
 def status(run_id: str, *, namespace: str | None = None, context: str | None = None,
            out: TextIO | None = None, kube: Kube | None = None) -> int:
     """Print one summary of a run: state, workers, age, and where the model is.
@@ -260,11 +303,9 @@ def status(run_id: str, *, namespace: str | None = None, context: str | None = N
     Raises:
         ClusterError: no run by that id in the namespace.
     """
-    kube = kube or kube_module.connect(context=context)
-    namespace = namespace or kube.default_namespace
-    out = out or sys.stdout
-    job = _get_run_job(kube, namespace, run_id)
-    pods, _ = kube.list(namespace, "Pod", selector=f"{manifests.LABEL_RUN_ID}={run_id}")
+    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    job = run.job()
+    pods, _ = run.kube.list(run.namespace, "Pod", selector=run.selector)
     workers = (job.get("spec") or {}).get("completions") or 1
     state, _ = reduce(RunState(workers=workers), Event("Job", "SYNC", (job,)))
     state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
@@ -272,16 +313,11 @@ def status(run_id: str, *, namespace: str | None = None, context: str | None = N
     counts = {phase: sum(p.phase == phase for p in current)
               for phase in ("Running", "Succeeded")}
     failed = sum(p.phase == "Failed" for p in state.pods)
-    try:
-        config_map = kube.get(namespace, "ConfigMap", f"{run_id}-spec")
-        pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
-        model = model_location(pod_spec, run_id=run_id)
-    except (NotFound, KeyError, TypeError, yaml.YAMLError):
-        model = f"unknown: the run's ConfigMap {run_id}-spec is missing or unreadable"
+    model = _model(run)
     if state.job is None or state.job.outcome != "succeeded":
         model += " (written when the run succeeds)"
     lines = [
-        f"run:     {run_id} (namespace {namespace})",
+        f"run:     {run_id} (namespace {run.namespace})",
         f"state:   {describe(state)}",
         f"workers: {counts['Running']} running, {counts['Succeeded']} succeeded, "
         f"{failed} failed pods, of {workers}",
@@ -292,8 +328,18 @@ def status(run_id: str, *, namespace: str | None = None, context: str | None = N
     if culprit is not None:
         lines.append(f"failed:  worker {culprit.index} (pod {culprit.name}): "
                      f"{why_failed(culprit)}")
-    out.write("".join(f"{line}\n" for line in lines))
+    (out or sys.stdout).write("".join(f"{line}\n" for line in lines))
     return EXIT_OK
+
+
+def _model(run: RunRef) -> str:
+    """Where the run's model is, read from the spec in its ConfigMap."""
+    try:
+        config_map = run.kube.get(run.namespace, "ConfigMap", f"{run.run_id}-spec")
+        pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
+        return model_location(pod_spec, run_id=run.run_id)
+    except (NotFound, KeyError, TypeError, yaml.YAMLError):
+        return f"unknown: the run's ConfigMap {run.run_id}-spec is missing or unreadable"
 
 
 def logs(run_id: str, *, namespace: str | None = None, context: str | None = None,
@@ -304,26 +350,24 @@ def logs(run_id: str, *, namespace: str | None = None, context: str | None = Non
     Raises:
         ClusterError: no such run, worker index out of range, or no pod for it yet.
     """
-    kube = kube or kube_module.connect(context=context)
-    namespace = namespace or kube.default_namespace
+    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
     out = out or sys.stdout
-    job = _get_run_job(kube, namespace, run_id)
-    workers = (job.get("spec") or {}).get("completions") or 1
+    workers = (run.job().get("spec") or {}).get("completions") or 1
     if not 0 <= worker < workers:
         raise ClusterError(f"--worker {worker} is out of range: run {run_id} has workers "
                            f"0 to {workers - 1}.")
-    pods, _ = kube.list(namespace, "Pod", selector=f"{manifests.LABEL_RUN_ID}={run_id},"
-                                                   f"{INDEX_LABEL}={worker}")
+    pods, _ = run.kube.list(run.namespace, "Pod",
+                            selector=f"{run.selector},{INDEX_LABEL}={worker}")
     state, _ = reduce(RunState(workers=workers), Event("Pod", "SYNC", tuple(pods)))
     pod = current_pods(state).get(worker)
     if pod is None:
         raise ClusterError(f"run {run_id} has no pod for worker {worker} (any more); see "
                            f"`trainjob status {run_id}`.")
     if not follow:
-        out.write(kube.read_log(namespace, pod.name))
+        out.write(run.kube.read_log(run.namespace, pod.name))
         out.flush()
         return EXIT_OK
-    for line in kube.stream_log(namespace, pod.name):
+    for line in run.kube.stream_log(run.namespace, pod.name):
         out.write(line + "\n")
         out.flush()
     return EXIT_OK
@@ -336,34 +380,22 @@ def cancel(run_id: str, *, namespace: str | None = None, context: str | None = N
     Raises:
         ClusterError: none of the run's objects exist, or a delete was refused.
     """
-    kube = kube or kube_module.connect(context=context)
-    namespace = namespace or kube.default_namespace
-    out = out or sys.stdout
-    deleted, refused = [], []
-    for doc in _run_objects(run_id):
-        kind, name = doc["kind"], doc["metadata"]["name"]
-        try:
-            kube.delete(namespace, kind, name, propagation="Foreground")
-            deleted.append(f"{kind} {name}")
-        except NotFound:
-            pass
-        except ClusterError as error:
-            refused.append(str(error))
+    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    deleted, refused = _delete(run, run.objects(), propagation="Foreground")
     if refused:
-        raise ClusterError(refused[0])
+        raise ClusterError(str(next(iter(refused.values()))))
     if not deleted:
-        raise ClusterError(f"no run named {run_id!r} in namespace {namespace!r}; "
-                           "`trainjob list` shows the runs there.")
-    out.write(f"cancelled run {run_id}: deleted {', '.join(deleted)}; its pods go with the "
-              "Job, its run directory on the models volume is kept\n")
+        raise run.missing()
+    (out or sys.stdout).write(f"cancelled run {run_id}: deleted {', '.join(deleted)}; its "
+                              "pods go with the Job, its run directory on the models volume "
+                              "is kept\n")
     return EXIT_OK
 
 
 def list_runs(*, namespace: str | None = None, context: str | None = None,
               out: TextIO | None = None, kube: Kube | None = None) -> int:
     """Print a table of the runs in the namespace, newest first."""
-    kube = kube or kube_module.connect(context=context)
-    namespace = namespace or kube.default_namespace
+    kube, namespace = _connect(kube, namespace=namespace, context=context)
     out = out or sys.stdout
     jobs, _ = kube.list(namespace, "Job", selector=manifests.LABEL_RUN_ID)
     if not jobs:
@@ -379,11 +411,3 @@ def list_runs(*, namespace: str | None = None, context: str | None = None,
                      str(status_.get("failed") or 0), age(job, now=now)))
     out.write(format_table(rows))
     return EXIT_OK
-
-
-def _get_run_job(kube: Kube, namespace: str, run_id: str) -> dict[str, Any]:
-    try:
-        return kube.get(namespace, "Job", run_id)
-    except NotFound:
-        raise ClusterError(f"no run named {run_id!r} in namespace {namespace!r}; "
-                           "`trainjob list` shows the runs there.") from None
