@@ -1,11 +1,11 @@
 """The threads that follow one run while ``submit`` waits: its two watches and the chief's log.
 
 Owns: one thread per watch (the run's Job, its Pods) feeding a single queue of ``Event``s,
-one thread printing the chief's log as it comes (one pod after another, each line once), and
-stopping them all by breaking their streams. The main thread reads the events and decides;
-these threads only move events and log lines.
-Never touches: the ``kubernetes`` package (``job.submit.kube`` is the door), what the events
-mean (``job.submit.state``), TensorFlow.
+one thread printing the chief's log as it comes, one pod after another as the chief is
+replaced, and stopping them all by breaking their streams. The main thread reads the events
+and decides; these threads only move events and log lines.
+Never touches: the ``kubernetes`` package and reconnecting (``job.submit.kube`` is the door
+and owns the one reconnect policy), what the events mean (``job.submit.state``), TensorFlow.
 
 Example:
     >>> follow = RunFollow(kube, "ml", run_id="shapes-x7k2p", terminal=terminal)  # doctest: +SKIP
@@ -30,8 +30,7 @@ THREAD_STOP_SECONDS = 5.0
 
 
 class RunFollow:
-    """Start following one run: watch its Job and its Pods and, given a terminal, print the
-    chief's log there.
+    """Follow one run: watch its Job and its Pods and, given a terminal, print the chief's log.
 
     Args:
         kube: the door to the cluster.

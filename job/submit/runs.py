@@ -6,8 +6,8 @@ events until the Job ends, printing one status line per change and the chief's l
 finally where the model is, or which pod failed and why. ``RunRef``, the run every command
 opens: its cluster, its namespace and the commands to paste for it.
 Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door),
-manifest building (``job.submit.manifests``), what events mean (``job.submit.state``), the
-threads that follow a run (``job.submit.follow``).
+manifest building (``job.submit.manifests``), turning events into state and lines
+(``job.submit.state``), the threads that follow a run (``job.submit.follow``).
 
 Example:
     >>> submit(load("examples/shapes.yaml"), image="ghcr.io/me/trainjob:1")  # doctest: +SKIP
