@@ -1,8 +1,9 @@
-"""Atomic file replacement: a reader sees the old file or the new one, never half of one.
+"""Atomic, durable file replacement: a reader sees the old file or the new one, never half.
 
-Owns: writing under a temp name beside the target and renaming it into place
-(``os.replace`` is atomic within a filesystem), and removing the temp file when
-writing fails.
+Owns: writing under a temp name beside the target, flushing it to disk, giving it the
+ordinary mode of a new file, renaming it into place (``os.replace`` is atomic within a
+filesystem), flushing the folder so the rename survives a crash, and removing the temp
+file when writing fails.
 Never touches: what is written; callers bring their own writer (text, HDF5,
 memory-mapped ``.npy``).
 """
@@ -21,6 +22,10 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it goes.
 
     ``suffix`` keeps the ending that writers choose their format by (Keras: ``.h5``).
+    The file is fsynced before the rename and its folder after, so a power cut leaves
+    the old file or the new one. It gets the mode a plain ``open`` would give it
+    (0644 under the usual umask), not ``mkstemp``'s 0600: colleagues read the shared
+    models volume under other uids.
 
     Example:
         >>> with replacing("metrics.json") as tmp:      # doctest: +SKIP
@@ -33,6 +38,44 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's or a folder's data and metadata to disk.
+
+    A folder whose filesystem cannot fsync folders (some network mounts say EINVAL)
+    is left as it is: the rename is as durable there as the mount makes it.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under this process's umask (e.g. 0o644)."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux shows the umask without changing it; elsewhere set and restore it at once.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +25,14 @@ def run() -> None:
     Once TensorFlow is loaded, exit without the interpreter's teardown: every
     output is written, renamed into place and flushed by then, and TensorFlow's
     teardown only costs time (about a second) or, after a lost peer, can hang.
+    A Ctrl-C that lands after ``main`` has handled one (a second press, or one
+    during the exit) changes nothing any more: it is ignored, never a traceback.
     """
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
     if "tensorflow" in sys.modules:
@@ -69,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="run directory name under output.dir; a restart with the same id "
                         "resumes (default: $TRAINJOB_RUN_ID, else the spec's name)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run directory's old run and train from the start")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("validate", help="check the spec and scan the dataset without training")
@@ -87,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="worker processes (default: the spec's cluster.workers)")
     p.add_argument("--max-restarts", type=int, default=3)
     p.add_argument("--run-id", default=None)
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run directory's old run once, then start the workers")
     p.set_defaults(handler=_local)
 
     _submitter_commands(sub)
@@ -162,7 +173,7 @@ def _train(args: argparse.Namespace) -> int:
     run_id = _run_id(args, default=spec.name)
     from job.train import run_worker  # imports TensorFlow, once the input is known good
 
-    return run_worker(spec, run_id=run_id, env=os.environ)
+    return run_worker(spec, run_id=run_id, env=os.environ, restart=args.restart)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -190,6 +201,10 @@ def _local(args: argparse.Namespace) -> int:
     from job import launcher
 
     workers = args.workers if args.workers is not None else spec.cluster.workers
+    if args.restart:
+        from job import rerun
+
+        rerun.discard(spec, run_id)  # Once, before any worker starts: never on a group restart.
     return launcher.run_local(args.spec, workers=workers, max_restarts=args.max_restarts,
                               run_id=run_id)
 

@@ -9,7 +9,9 @@ Exit codes:
 ====  ===========================================================================
  0    success
  1    the run failed (a bug, or a failure retrying would not fix)
- 2    bad input: spec, data, paths, environment, or a refused cluster request
+ 2    bad input: spec, data, paths, environment, or a refused cluster request; also
+      storage that cannot take the run's files (read-only, full, a file in the way):
+      a restart would fail the same way until someone frees or fixes it
  75   retryable: a peer was lost, or the worker was preempted (SIGTERM) after
       saving a checkpoint. Restart the whole group; it resumes from the checkpoint.
  130  interrupted by the user (Ctrl-C)
@@ -53,6 +55,29 @@ class DataError(TrainjobError, ValueError):
 
 class EnvironmentConfigError(TrainjobError, ValueError):
     """A cluster environment variable (TF_CONFIG, JOB_COMPLETION_INDEX, ...) is bad."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class StorageError(TrainjobError):
+    """The run directory cannot be written: read-only, full, a file in its way, a name too long.
+
+    Exit 2, not retryable: a group restart on a full or read-only volume fails the same way
+    and would only burn the Job's restarts. The run's checkpoints stay where they were, so
+    after freeing space a rerun with the same run id resumes.
+    """
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RunInUse(TrainjobError):
+    """Another process holds the run directory's lock."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RunMismatch(TrainjobError):
+    """The run directory holds a run trained with other weight-deciding keys or data."""
 
     exit_code = EXIT_BAD_INPUT
 

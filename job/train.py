@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -37,7 +38,7 @@ import numpy as np
 from job import cluster as cluster_module
 from job import precision as precision_module
 from job import spec as spec_module
-from job.errors import EXIT_OK, RetryableError, RunFailed
+from job.errors import EXIT_OK, RetryableError, RunFailed, StorageError
 from job.spec import Spec
 
 CHECKPOINT_NAME = "ckpt"
@@ -45,6 +46,10 @@ CHECKPOINT_NAME = "ckpt"
 
 class Preempted(RetryableError):
     """SIGTERM reached a worker; the group saved a checkpoint and stops to be restarted."""
+
+
+class Diverged(RunFailed):
+    """The loss became NaN or infinite: a restart would diverge again (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -55,47 +60,63 @@ class Result:
     run_dir: Path
 
 
-def run_worker(spec: Spec, *, run_id: str, env: Mapping[str, str]) -> int:
+def run_worker(spec: Spec, *, run_id: str, env: Mapping[str, str],
+               restart: bool = False) -> int:
     """Entry point of ``trainjob train``: discover the cluster, train, return the exit code.
 
     Errors propagate to the CLI, which prints one line and, once TensorFlow is
     loaded, exits without interpreter teardown (``cli.run``): after a lost peer,
     TensorFlow's collective runtime can otherwise hang there.
     """
-    train(spec, cluster=cluster_module.cluster_from_env(env), run_id=run_id, env=env)
+    train(spec, cluster=cluster_module.cluster_from_env(env), run_id=run_id, env=env,
+          restart=restart)
     return EXIT_OK
 
 
 def train(spec: Spec, *, cluster, run_id: str, env: Mapping[str, str] | None = None,
-          out=None) -> Result:
+          out=None, restart: bool = False) -> Result:
     """Train one worker of ``cluster`` and, on the chief, export the run's outputs.
 
-    The story of a run: guard SIGTERM, list and shard the data, create the
-    strategy, decode this worker's shard, build the model and optimizer under
-    the strategy's scope, restore the last checkpoint, loop over epochs
-    (validating each), then evaluate the test set and export.
+    The story of a run: guard SIGTERM, list the data, claim the run directory
+    (``job.rerun``: a complete run is reported and left alone, a different one
+    refused), create the strategy, decode this worker's shard, build the model and
+    optimizer under the strategy's scope, restore the last checkpoint, loop over
+    epochs (validating each), then evaluate the test set and export.
+    ``restart`` discards the run directory's old run first (``--restart``).
     """
+    from job import data, rerun
+    from job.run_dir import RunDir
+
     env = dict(os.environ if env is None else env)
     out = out or sys.stdout
     started = time.time()
     spec_module.check_worker_count(spec, cluster.num_workers)
-    preemption = _PreemptionFlag.install()
-    try:
-        return _train(spec, cluster=cluster, run_id=run_id, env=env, out=out, started=started,
-                      preemption=preemption)
-    finally:
-        preemption.uninstall()
-
-
-def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
-    from job import data
-    from job.progress import Progress
-    from job.run_dir import RunDir
-
-    log = Progress(total_steps=1, steps_per_epoch=1, every=1, out=out).line
     splits = data.make_splits(spec.data, seed=spec.train.seed)
     run = RunDir.open(spec.output.dir, run_id, is_chief=cluster.is_chief, worker=cluster.index,
                       env=env)
+    claim = rerun.claim(run, spec, splits, restart=restart,
+                        multi_worker=cluster.is_multi_worker)
+    preemption = _PreemptionFlag.install()
+    try:
+        if claim.complete is not None:
+            print(rerun.describe_complete(run, claim.complete), file=out, flush=True)
+            return Result(metrics=claim.complete, run_dir=run.shared)
+        return _train(spec, cluster=cluster, run=run, splits=splits, env=env, out=out,
+                      started=started, preemption=preemption)
+    except BaseException:
+        claim.abandon(run)
+        raise
+    finally:
+        preemption.uninstall()
+        claim.release()
+
+
+def _train(spec, *, cluster, run, splits, env, out, started, preemption) -> Result:
+    from job import data
+    from job.progress import Progress
+
+    run_id = run.shared.name
+    log = Progress(total_steps=1, steps_per_epoch=1, every=1, out=out).line
     # Decoding needs only Pillow: it runs while TensorFlow imports and the cluster
     # connects, which would otherwise leave the cores idle for seconds.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-shards") as background:
@@ -116,7 +137,7 @@ def _train(spec, *, cluster, run_id, env, out, started, preemption) -> Result:
     preemption.raise_if_set()
     model, loop = _build(tf, keras, strategy, spec, plan=plan,
                          num_classes=len(splits.class_names), run=run, out=out)
-    start_step = _restore(tf, loop.checkpoint, run.shared_checkpoints, log=log, tag=tag)
+    start_step = _restore(tf, loop, run.shared_checkpoints, log=log, tag=tag)
     evaluate = _evaluator(strategy, loop, decoded, splits=splits, plan=plan, cluster=cluster)
     train_iterator = iter(strategy.distribute_datasets_from_function(
         lambda _: data.train_batches(
@@ -265,11 +286,22 @@ def _build(tf, keras, strategy, spec: Spec, *, plan: _Plan, num_classes: int, ru
         manager=tf.train.CheckpointManager(checkpoint, str(run.checkpoints),
                                            max_to_keep=spec.output.keep_checkpoints,
                                            checkpoint_name=CHECKPOINT_NAME),
-        writer=(tf.summary.create_file_writer(str(run.logs)) if is_chief
-                else tf.summary.create_noop_writer()),
+        writer=_summary_writer(tf, run),
         progress=Progress(total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
                           every=spec.train.log_every_steps, out=out, enabled=is_chief),
     )
+
+
+def _summary_writer(tf, run):
+    """The chief's TensorBoard writer; a folder it cannot write to is a StorageError."""
+    if not run.is_chief:
+        return tf.summary.create_noop_writer()
+    try:
+        return tf.summary.create_file_writer(str(run.logs))
+    except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError) as error:
+        raise StorageError(f"{run.logs}: cannot write TensorBoard summaries: "
+                           f"{str(error).split(';')[-1].split('[Op:')[0].strip()}; make the "
+                           "run folder writable or free space") from None
 
 
 def _build_model(spec: Spec, *, plan: _Plan, num_classes: int, weights):
@@ -333,6 +365,7 @@ def _train_epochs(tf, spec: Spec, *, plan: _Plan, loop: _Loop, iterator, evaluat
                         every - step % every)
             result = loop.train_steps(iterator, tf.constant(chunk, "int32"),
                                       preemption.tensor(tf)).numpy().tolist()
+            _check_finite(result[0], step=step + chunk, epoch=epoch, spec=spec, loop=loop)
             step += chunk
             sums = [a + b for a, b in zip(sums, result[:3])]
             rate = ((step - first_step) * spec.train.global_batch_size
@@ -356,6 +389,7 @@ def _train_epochs(tf, spec: Spec, *, plan: _Plan, loop: _Loop, iterator, evaluat
         images += (step - first_step) * spec.train.global_batch_size
         loop.sync_statistics()
         val_loss, val_accuracy = evaluate("val")
+        _check_finite(val_loss, step=step, epoch=epoch, spec=spec, loop=loop, what="val_loss")
         if step % spec.output.checkpoint_every_steps:
             _save(loop, step)  # Every epoch end is a checkpoint too.
         row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0] / sums[2],
@@ -373,17 +407,59 @@ def _train_epochs(tf, spec: Spec, *, plan: _Plan, loop: _Loop, iterator, evaluat
             run.write_history(history)
         final = {k: row[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
     if final is None:
-        # Restarted after the last step: nothing to train, but the outputs are re-derived.
+        # Restarted after the last step (the export had not finished): nothing to train,
+        # but the outputs are re-derived, the train figures from the history's last row.
         val_loss, val_accuracy = evaluate("val")
-        final = {"train_loss": None, "train_accuracy": None, "val_loss": val_loss,
-                 "val_accuracy": val_accuracy}
+        last = history[-1] if history else {}
+        final = {"train_loss": _number(last.get("train_loss")),
+                 "train_accuracy": _number(last.get("train_accuracy")),
+                 "val_loss": val_loss, "val_accuracy": val_accuracy}
     return _Trained(step=step, final=final, images_per_second=images / seconds if seconds
                     else None)
 
 
 def _save(loop: _Loop, step: int) -> None:
+    """Checkpoint ``step``; a file system that refuses it is a StorageError (exit 2).
+
+    TensorFlow says ResourceExhausted for a full disk and PermissionDenied for a
+    read-only one; either way, restarting would fail again, so it is not retried.
+    What the failed save left (``ckpt-N_temp/``) is removed by the run's clean-up.
+    """
+    import tensorflow as tf
+
     loop.step.assign(step)
-    loop.manager.save(checkpoint_number=step)
+    try:
+        loop.manager.save(checkpoint_number=step)
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as error:
+        reason = str(error).split(";")[-1].split("[Op:")[0].strip() or type(error).__name__
+        raise StorageError(f"{loop.manager.directory}: cannot save the checkpoint of step "
+                           f"{step}: {reason}; free space or make it writable, then rerun "
+                           "with the same run id to resume from the last checkpoint") from None
+
+
+def _check_finite(value: float, *, step: int, epoch: int, spec: Spec, loop: _Loop,
+                  what: str = "the training loss") -> None:
+    """Stop a run whose loss is NaN or infinite before it checkpoints or exports it.
+
+    Every worker sees the same all-reduced loss, so all of them stop at the same step.
+    The last checkpoint was taken before the loss went bad; no model.h5 is written.
+    """
+    if math.isfinite(value):
+        return
+    latest = loop.manager.latest_checkpoint
+    kept = f"the last good checkpoint is {Path(latest).name}" if latest else \
+        "no checkpoint was taken before it"
+    raise Diverged(f"training diverged: {what} became {value} by step {step} (epoch "
+                   f"{epoch + 1}); {kept}, and no model was exported; lower "
+                   f"train.learning_rate (now {spec.train.learning_rate:g}) and use --restart "
+                   "or a new --run-id")
+
+
+def _number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _summaries(tf, writer, step: int, scalars: dict[str, float]) -> None:
@@ -572,27 +648,59 @@ def _evaluate(eval_steps, dataset, steps: int) -> tuple[float, float]:
     return totals[0] / count, totals[1] / count
 
 
-def _restore(tf, checkpoint, directory: Path, *, log, tag: str) -> int:
-    """Restore the chief's latest checkpoint, if any; return the step it was taken at."""
-    latest = tf.train.latest_checkpoint(str(directory))
-    if latest is None:
-        return 0
+def _restore(tf, loop: _Loop, directory: Path, *, log, tag: str) -> int:
+    """Restore the chief's newest readable checkpoint, if any; return its step.
+
+    A damaged checkpoint (a truncated ``.index`` or ``.data`` file, say after a full
+    disk) is skipped with a warning, and the next older one is tried: losing a few
+    hundred steps beats losing the run. If checkpoints exist and none can be read,
+    the run fails (exit 1) naming the folder.
+    """
+    candidates = _checkpoint_prefixes(directory)
+    failures = []
+    for prefix in candidates:
+        try:
+            step = _restore_one(tf, loop.checkpoint, prefix)
+        except (AssertionError, ValueError, IndexError, KeyError, tf.errors.OpError) as error:
+            # A short .data file surfaces as IndexError ("Read less bytes than requested").
+            failures.append(f"{Path(prefix).name}: {str(error).splitlines()[0][:120]}")
+            print(f"warning: {tag}: cannot read checkpoint {prefix} ({failures[-1]}); trying "
+                  "an older one", file=sys.stderr, flush=True)
+            continue
+        log(f"{tag}: resumed from checkpoint {Path(prefix).name} at step {step}")
+        return step
+    if candidates:
+        raise RunFailed(f"{directory}: none of the {len(candidates)} checkpoint(s) can be read "
+                        f"({failures[0]}); use --restart to train the run again from the "
+                        "start, or a new --run-id") from None
+    return 0
+
+
+def _restore_one(tf, checkpoint, prefix: str) -> int:
     # Checkpoints written before the step counter was saved with them hold the
     # optimizer's count instead (exact unless float16 loss scaling skipped steps).
-    legacy = not any(name.startswith("step/") for name, _ in tf.train.list_variables(latest))
+    legacy = not any(name.startswith("step/") for name, _ in tf.train.list_variables(prefix))
     source = (tf.train.Checkpoint(model=checkpoint.model, optimizer=checkpoint.optimizer,
                                   random_states=checkpoint.random_states)
               if legacy else checkpoint)
-    try:
-        source.restore(latest).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise RunFailed(f"{latest}: checkpoint does not match this spec's model ("
-                        f"{str(error).splitlines()[0][:160]}); use a new --run-id, or delete "
-                        "the run's checkpoints/ to start over") from None
+    source.restore(prefix).assert_existing_objects_matched()
     step = int((checkpoint.optimizer.iterations if legacy else checkpoint.step).numpy())
     checkpoint.step.assign(step)
-    log(f"{tag}: resumed from checkpoint {Path(latest).name} at step {step}")
     return step
+
+
+def _checkpoint_prefixes(directory: Path) -> list[str]:
+    """Checkpoint prefixes in ``directory``, newest first.
+
+    From the folder's own files (``ckpt-N.index``) rather than from the ``checkpoint``
+    state file alone, which a full disk can leave pointing at a damaged save.
+    """
+    found = {}
+    for index in Path(directory).glob(f"{CHECKPOINT_NAME}-*.index"):
+        number = index.name[len(CHECKPOINT_NAME) + 1:-len(".index")]
+        if number.isdigit():
+            found[int(number)] = str(index.with_suffix(""))
+    return [found[n] for n in sorted(found, reverse=True)]
 
 
 def _all_reducer(tf, strategy, op, value):

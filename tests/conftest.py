@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,3 +54,38 @@ def tiny_spec(data_root: Path, out_dir: Path, **overrides) -> dict:
         else:
             spec[section] = values
     return spec
+
+
+CLUSTER_VARIABLES = ("TF_CONFIG", "JOB_COMPLETION_INDEX", "TRAINJOB_WORKERS",
+                     "TRAINJOB_WORKER_HOSTS", "TRAINJOB_RUN_ID")
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+    run_dir: Path
+
+    def metrics(self) -> dict:
+        return json.loads((self.run_dir / "metrics.json").read_text())
+
+    def history(self) -> list[dict[str, str]]:
+        with (self.run_dir / "history.csv").open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+
+def train(folder: Path, spec: dict, *, run_id: str, args: tuple[str, ...] = ()) -> Run:
+    """Write ``spec`` in ``folder`` and run ``trainjob train`` on it, capturing its output."""
+    from job import cli
+
+    path = write_spec(folder, spec)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(["train", str(path), "--run-id", run_id, *args])
+    return Run(code, out.getvalue(), err.getvalue(), Path(spec["output"]["dir"]) / run_id)
+
+
+def succeeded(run: Run) -> Run:
+    assert run.code == 0, f"exit {run.code}\nstdout:\n{run.out}\nstderr:\n{run.err}"
+    return run
