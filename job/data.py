@@ -1,9 +1,11 @@
-"""The dataset: listing, split, sharding, decode cache and the ``tf.data`` input path.
+"""The dataset: splits, sharding, decode cache, trainability and the ``tf.data`` input path.
 
-Owns: turning the spec's image folders into (a) class names and file lists,
-(b) a deterministic stratified split, (c) a per-worker shard chosen *before*
-decoding, (d) decoded uint8 arrays cached in memory or in an ``.npy`` file keyed
-by the file list, sizes and mtimes, and (e) the batches fed to the strategy.
+Owns: turning the spec's image folders (listed by ``job.listing``) into (a) the
+train / validation / test file lists, with a deterministic stratified split,
+(b) a per-worker shard chosen *before* decoding, (c) decoded uint8 arrays cached
+in memory or in an ``.npy`` file keyed by the file list, sizes, mtimes and decode
+settings, (d) the checks that refuse a dataset a model cannot learn from, and
+(e) the batches fed to the strategy.
 Never touches: the model, strategy creation, the run directory. Decoding itself
 is ``job.images``; TensorFlow is imported only inside the functions that build
 ``tf.data`` pipelines, so ``trainjob validate`` stays light.
@@ -17,42 +19,22 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from job import images
+from job import images, listing
 from job.atomic import replacing
 from job.errors import EXIT_BAD_INPUT, EXIT_OK, DataError
+from job.listing import ImageList as ImageList
+from job.listing import list_images as list_images
 from job.spec import DataSpec
 
 CACHE_VERSION = 2
 """Bump when the decoded pixels change for the same files (resize filter, modes...)."""
 SCAN_CHUNK = 4096
 """Images decoded per chunk by ``scan``: bounds memory on huge folders."""
-
-
-@dataclass(frozen=True)
-class ImageList:
-    """Files of one folder tree with their integer labels (index into ``class_names``)."""
-
-    root: Path
-    class_names: tuple[str, ...]
-    paths: tuple[str, ...]
-    labels: np.ndarray = field(compare=False)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageList:
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageList(self.root, self.class_names,
-                         tuple(self.paths[i] for i in indices), self.labels[indices])
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(c) for name, c in zip(self.class_names, counts)}
 
 
 @dataclass(frozen=True)
@@ -73,50 +55,9 @@ class Decoded:
     labels: np.ndarray
     bad: tuple[tuple[str, str], ...] = ()
 
-
-def list_images(root: Path, *, key: str,
-                class_names: tuple[str, ...] | None = None) -> ImageList:
-    """List a class-per-subfolder tree; class names are the sorted subfolder names.
-
-    Hidden files and folders and non-image files are ignored. When
-    ``class_names`` is given (validation and test folders), every subfolder must
-    be one of them.
-
-    Raises:
-        DataError: naming ``key`` and the folder, when it is missing, has no
-            class subfolders, or has a class the training folder lacks.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        what = "does not exist" if not root.exists() else "is not a folder"
-        raise DataError(f"{key}={str(root)!r} {what}; point it at a folder with one subfolder "
-                        "of images per class.")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not found:
-        raise DataError(f"{key}={str(root)!r} has no class subfolders; put the images of each "
-                        "class in their own subfolder, e.g. train/cat/*.jpg, train/dog/*.jpg.")
-    names = tuple(found) if class_names is None else class_names
-    unknown = [n for n in found if n not in names]
-    if unknown:
-        raise DataError(f"{key}={str(root)!r} has class folder {unknown[0]!r} that "
-                        f"data.train_dir lacks; its classes are: {', '.join(names)}.")
-    paths: list[str] = []
-    labels: list[int] = []
-    for name in found:
-        label = names.index(name)
-        for directory, subdirs, files in os.walk(root / name, followlinks=True):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            for file in sorted(files):
-                if images.is_image_file(file):
-                    paths.append(os.path.join(directory, file))
-                    labels.append(label)
-    if class_names is None:
-        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
-        empty = [n for n, c in zip(names, counts) if c == 0]
-        if empty:
-            raise DataError(f"{key}={str(root)!r}: class folder {empty[0]!r} has no images "
-                            "(.jpg .png .bmp .gif .tif .webp); add images or remove the folder.")
-    return ImageList(root, names, tuple(paths), np.asarray(labels, dtype=np.int32))
+    def counts(self, num_classes: int) -> np.ndarray:
+        """Readable images per class label, for ``check_trainable`` (sum it over workers)."""
+        return np.bincount(self.labels, minlength=num_classes)
 
 
 def stratified_split(labels: np.ndarray, *, fraction: float,
@@ -144,25 +85,98 @@ def stratified_split(labels: np.ndarray, *, fraction: float,
 
 
 def make_splits(spec: DataSpec, *, seed: int) -> Splits:
-    """List the spec's folders and split off validation when no val_dir is given."""
-    train = list_images(spec.train_dir, key="data.train_dir")
+    """List the spec's folders and split off validation when no val_dir is given.
+
+    Files of val_dir or test_dir that are also files of train_dir (the same real
+    file, through a link) are left out of evaluation, with one warning line each.
+    """
+    train, train_ids = listing.list_with_ids(spec.train_dir, key="data.train_dir",
+                                             class_names=None)
+    trained = {file_id for file_id in train_ids if file_id is not None}
+    val = test = None
     if spec.val_dir is not None:
-        val = list_images(spec.val_dir, key="data.val_dir", class_names=train.class_names)
+        val = listing.without_training_files(spec.val_dir, key="data.val_dir",
+                                             class_names=train.class_names, trained=trained)
     else:
         keep, held = stratified_split(train.labels, fraction=spec.val_split, seed=seed)
         train, val = train.subset(keep), train.subset(held)
-    test = None
     if spec.test_dir is not None:
-        test = list_images(spec.test_dir, key="data.test_dir", class_names=train.class_names)
+        test = listing.without_training_files(spec.test_dir, key="data.test_dir",
+                                              class_names=train.class_names, trained=trained)
     if len(val) == 0:
         raise DataError(f"data.val_split={spec.val_split} leaves no validation images; give "
                         "data.val_dir or add images (each class needs at least 2).")
     return Splits(train.class_names, train, val, test)
 
 
+def check_trainable(class_names: Sequence[str], *, train_counts: Sequence[int],
+                    val_counts: Sequence[int]) -> list[str]:
+    """Refuse a dataset a model cannot learn; warn of classes validation cannot measure.
+
+    Args:
+        class_names: the classes, in label order.
+        train_counts, val_counts: readable (decoded) images per class label, summed
+            over every worker, e.g. ``Decoded.counts`` all-reduced.
+
+    Returns:
+        Warning lines, one for all classes without a readable validation image.
+
+    Raises:
+        DataError: naming every class with no readable training image (the model would
+            never see it), or when no validation image is readable at all.
+
+    Example:
+        >>> for line in check_trainable(("cat", "dog"), train_counts=[9, 7], val_counts=[2, 0]):
+        ...     print(line)
+        warning: class 'dog' has no readable validation images: its accuracy is not measured.
+    """
+    untrained = [name for name, count in zip(class_names, train_counts) if count == 0]
+    if untrained:
+        raise DataError(f"data.train_dir: {_classes(untrained)} no readable training images, "
+                        "so the model would never learn to predict "
+                        f"{'it' if len(untrained) == 1 else 'them'}; add readable images or "
+                        f"remove {'its folder' if len(untrained) == 1 else 'their folders'}.")
+    unmeasured = [name for name, count in zip(class_names, val_counts) if count == 0]
+    if len(unmeasured) == len(class_names):
+        raise DataError("no readable validation images, so validation would measure nothing; "
+                        "add readable images to the validation data.")
+    if not unmeasured:
+        return []
+    return [f"warning: {_classes(unmeasured)} no readable validation images: "
+            f"{'its' if len(unmeasured) == 1 else 'their'} accuracy is not measured."]
+
+
+def _classes(names: list[str]) -> str:
+    """The subject of a sentence about ``names``: class 'a' has, classes 'a', 'b' have."""
+    quoted = ", ".join(repr(name) for name in names)
+    return f"class {quoted} has" if len(names) == 1 else f"classes {quoted} have"
+
+
 def shard(items: ImageList, *, index: int, num_workers: int) -> ImageList:
     """The files worker ``index`` of ``num_workers`` decodes: every N-th (shards differ by <= 1)."""
     return items.subset(np.arange(index, len(items), num_workers))
+
+
+def listing_digest(items: ImageList | None) -> dict[str, object] | None:
+    """What a run's fingerprint records of one split: its file count and a digest.
+
+    The digest covers each file's path relative to the split's folder, its size,
+    its modification time and its label: data copied with its dates (``cp -a``,
+    ``rsync -a``) to another folder is the same data; an added, removed,
+    relabelled or rewritten file is not.
+    """
+    if items is None:
+        return None
+    digest = hashlib.sha256(" ".join(items.class_names).encode() + b"\n")
+    for path, label in zip(items.paths, items.labels.tolist()):
+        relative = os.fsencode(os.path.relpath(path, items.root))
+        try:
+            stat = os.stat(path)
+            facts = f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n"
+        except OSError:
+            facts = f"\0missing\0{label}\n"
+        digest.update(relative + facts.encode())
+    return {"files": len(items), "sha256": digest.hexdigest()}
 
 
 def decode(items: ImageList, *, spec: DataSpec, cache_dir: Path | None,
@@ -185,28 +199,31 @@ def decode(items: ImageList, *, spec: DataSpec, cache_dir: Path | None,
                                        workers=workers)
     else:
         pixels, kept, bad = images.decode_many(list(items.paths), size=spec.image_size,
-                                               color_mode=spec.color_mode, workers=workers)
+                                               color_mode=spec.color_mode, workers=workers,
+                                               max_pixels=spec.max_image_pixels)
         decoded = Decoded(pixels, items.labels[np.asarray(kept, dtype=np.int64)], tuple(bad))
     if decoded.bad and spec.on_bad_image == "fail":
         path, reason = decoded.bad[0]
         more = f" (and {len(decoded.bad) - 1} more)" if len(decoded.bad) > 1 else ""
-        raise DataError(f"{path}: unreadable image: {reason}{more}; fix or remove it, or set "
-                        "data.on_bad_image: skip.")
+        raise DataError(f"{images.printable_path(path)}: unreadable image: {reason}{more}; fix "
+                        "or remove it, or set data.on_bad_image: skip.")
     for path, reason in decoded.bad:
-        print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr,
-              flush=True)
+        print(f"warning: skipping unreadable image {images.printable_path(path)}: {reason}",
+              file=sys.stderr, flush=True)
     return decoded
 
 
 def _cache_key(items: ImageList, spec: DataSpec) -> str:
     digest = hashlib.sha256()
-    digest.update(f"v{CACHE_VERSION} {spec.image_size} {spec.color_mode}\n".encode())
+    digest.update(f"v{CACHE_VERSION} {spec.image_size} {spec.color_mode} "
+                  f"{spec.max_image_pixels}\n".encode())
     for path, label in zip(items.paths, items.labels.tolist()):
+        name = os.fsencode(path)  # the bytes on disk: a name need not be UTF-8
         try:
             stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+            digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
         except OSError:
-            digest.update(f"{path}\0missing\n".encode())
+            digest.update(name + b"\0missing\n")
     return digest.hexdigest()[:32]
 
 
@@ -232,7 +249,7 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
                                            shape=(len(items), *spec.image_shape))
         _, kept, bad = images.decode_many(list(items.paths), size=spec.image_size,
                                           color_mode=spec.color_mode, workers=workers,
-                                          out=target)
+                                          out=target, max_pixels=spec.max_image_pixels)
         target.flush()
         del target
     labels = items.labels[np.asarray(kept, dtype=np.int64)]
@@ -244,11 +261,14 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
 
 @dataclass(frozen=True)
 class ScanReport:
-    """What ``trainjob validate`` prints: class counts per split and unreadable files."""
+    """What ``trainjob validate`` prints: class counts per split, unreadable files, and
+    whether the readable images can train a model (``refusal``: why not)."""
 
     class_names: tuple[str, ...]
     counts: dict[str, dict[str, int]]
     bad: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...] = ()
+    refusal: str | None = None
 
     def describe(self) -> str:
         lines = [f"classes ({len(self.class_names)}): {', '.join(self.class_names)}"]
@@ -257,30 +277,49 @@ class ScanReport:
             detail = ", ".join(f"{name} {count}" for name, count in counts.items())
             lines.append(f"{split}: {total} images ({detail})")
         lines.append(f"unreadable images: {len(self.bad)}")
-        lines.extend(f"  {path}: {reason}" for path, reason in self.bad)
+        lines.extend(f"  {images.printable_path(path)}: {reason}" for path, reason in self.bad)
+        lines.extend(self.warnings)
+        if self.refusal is not None:
+            lines.append(f"error: {self.refusal}")
         return "\n".join(lines)
 
     def exit_code(self, policy: str) -> int:
-        return EXIT_BAD_INPUT if self.bad and policy == "fail" else EXIT_OK
+        refused = self.refusal is not None or (self.bad and policy == "fail")
+        return EXIT_BAD_INPUT if refused else EXIT_OK
 
 
 def scan(spec: DataSpec, *, seed: int) -> ScanReport:
-    """List and decode every image once (in chunks) without training."""
+    """List and decode every image once (in chunks) without training, and check, as
+    training does, that the readable images can train a model."""
     splits = make_splits(spec, seed=seed)
     counts = {"train": splits.train.class_counts(), "validation": splits.val.class_counts()}
     if splits.test is not None:
         counts["test"] = splits.test.class_counts()
     bad: list[tuple[str, str]] = []
-    for items in (splits.train, splits.val, splits.test):
-        if items is None:
-            continue
-        for start in range(0, len(items), SCAN_CHUNK):
-            chunk = list(items.paths[start:start + SCAN_CHUNK])
-            _, _, chunk_bad = images.decode_many(chunk, size=spec.image_size,
-                                                 color_mode=spec.color_mode,
-                                                 workers=spec.decode_workers)
-            bad.extend(chunk_bad)
-    return ScanReport(splits.class_names, counts, tuple(bad))
+    readable = {name: _scan_split(items, spec=spec, bad=bad)
+                for name, items in (("train", splits.train), ("validation", splits.val),
+                                    ("test", splits.test)) if items is not None}
+    try:
+        warnings = check_trainable(splits.class_names, train_counts=readable["train"],
+                                   val_counts=readable["validation"])
+    except DataError as error:
+        return ScanReport(splits.class_names, counts, tuple(bad), refusal=str(error))
+    return ScanReport(splits.class_names, counts, tuple(bad), warnings=tuple(warnings))
+
+
+def _scan_split(items: ImageList, *, spec: DataSpec, bad: list[tuple[str, str]]) -> np.ndarray:
+    """Decode one split chunk by chunk, adding its unreadable files to ``bad``; returns the
+    readable images per class."""
+    readable = np.zeros(len(items.class_names), dtype=np.int64)
+    for start in range(0, len(items), SCAN_CHUNK):
+        chunk = items.subset(np.arange(start, min(start + SCAN_CHUNK, len(items))))
+        _, kept, chunk_bad = images.decode_many(list(chunk.paths), size=spec.image_size,
+                                                color_mode=spec.color_mode,
+                                                workers=spec.decode_workers,
+                                                max_pixels=spec.max_image_pixels)
+        readable += np.bincount(chunk.labels[kept], minlength=len(items.class_names))
+        bad.extend(chunk_bad)
+    return readable
 
 
 # --- the tf.data input path ------------------------------------------------------------

@@ -6,8 +6,9 @@ first frame, TIFF first page, WebP), EXIF orientation, JPEG ``draft`` (DCT-domai
 downscaling, several times faster on large photos), the resize filter, turning
 every pixel mode into RGB or grayscale, and the bad-file policy: a file that
 cannot be fully decoded raises ``UnreadableImage`` with a short reason; it is
-never half-decoded and no Pillow traceback escapes. ``decode_many`` spreads the
-work over threads (Pillow releases the GIL while it decodes and resizes).
+never half-decoded and no Pillow traceback escapes; one declaring over ``max_pixels``
+is refused from its header. ``decode_many`` spreads the work over threads (Pillow
+releases the GIL while it decodes and resizes) and stops between images on Ctrl-C.
 Never touches: TensorFlow, the model, labels, the cache, or what to do with bad
 files (``job.data`` applies ``data.on_bad_image``).
 
@@ -38,20 +39,30 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from job.errors import DataError
+from job.spec import DataSpec
 
 # A truncated file must fail, not decode with a grey or black bottom half. This is
 # Pillow's default; it is set here because this module owns that decision.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's two-line warning over 89 megapixels is noise next to our own max_pixels, which
+# refuses such a file in one line; Pillow itself still refuses over 179 megapixels.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+MAX_PIXELS = DataSpec.max_image_pixels
+"""Default ``max_pixels``: ``data.max_image_pixels``'s default (its reason is in job.spec)."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
                               ".webp"})
@@ -85,6 +96,8 @@ IN_PROCESS_BELOW = 16
 """Images: fewer than this are decoded in the calling thread alone."""
 TASKS_PER_WORKER = 8
 """Chunks per decoder thread, so a slow chunk does not leave the others idle."""
+WAIT_SLICE_SECONDS = 0.2
+"""Longest the calling thread blocks at a time on decoder threads: Ctrl-C acts within it."""
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -110,7 +123,25 @@ class UnreadableImage(DataError):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.path}: unreadable image: {self.reason}"
+        return f"{printable_path(self.path)}: unreadable image: {self.reason}"
+
+
+def printable_path(path: str | bytes | os.PathLike) -> str:
+    r"""A file name as one printable UTF-8 line, for messages; a printable name is unchanged.
+
+    Else control characters, bytes that are not UTF-8 and backslashes are escaped as in a
+    Python string literal. Example:
+        >>> printable_path("cats/two\nlines.png"), printable_path(b"caf\xe9.png")
+        ('cats/two\\nlines.png', 'caf\\xe9.png')
+    """
+    text = os.fsdecode(path)
+    return text if text.isprintable() else "".join(map(_escape, text))
+
+
+def _escape(char: str) -> str:
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return "\\\\" if char == "\\" else char if char.isprintable() else repr(char)[1:-1]
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -124,18 +155,19 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def decode(path: str | os.PathLike[str], *, size: tuple[int, int],
-           color_mode: str) -> np.ndarray:
+def decode(path: str | os.PathLike[str], *, size: tuple[int, int], color_mode: str,
+           max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode one image file to uint8 pixels of exactly ``size``.
 
     Args:
         path: the image file.
         size: (height, width) of the result in pixels.
         color_mode: "rgb" for (height, width, 3), "grayscale" for (height, width, 1).
+        max_pixels: most pixels (width x height, after JPEG draft) to decode; 0: no limit.
 
     Raises:
         UnreadableImage: the file is missing, empty, truncated, corrupt, not an
-            image, or in a mode that cannot be turned into RGB.
+            image, over ``max_pixels``, or in a mode that cannot be turned into RGB.
 
     Example:
         >>> decode("scan.png", size=(32, 48), color_mode="grayscale").shape  # doctest: +SKIP
@@ -145,7 +177,8 @@ def decode(path: str | os.PathLike[str], *, size: tuple[int, int],
     try:
         if os.stat(path).st_size == 0:
             raise UnreadableImage(path, "zero-byte file")
-        pixels = _decode(path, width=width, height=height, color_mode=color_mode)
+        pixels = _decode(path, width=width, height=height, color_mode=color_mode,
+                         max_pixels=max_pixels)
     except (UnreadableImage, MemoryError):
         raise
     except Exception as error:
@@ -158,6 +191,7 @@ def decode(path: str | os.PathLike[str], *, size: tuple[int, int],
 
 def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int],
                 color_mode: str, workers: int = 0, out: np.ndarray | None = None,
+                max_pixels: int = MAX_PIXELS,
                 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode many files, in parallel threads when there are enough of them.
 
@@ -166,7 +200,8 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
     512x384 JPEGs) without a process pool's start-up and pickling of results
     (a forkserver pool of 2 gained nothing over 1 on the same files). Each
     thread writes its rows straight into one preallocated array, so memory is
-    the result and nothing more, whatever the number of paths.
+    the result and nothing more, whatever the number of paths. On Ctrl-C the
+    threads stop between images and are not waited for.
 
     Args:
         paths: image files.
@@ -178,6 +213,7 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
         out: where to write, shape (len(paths), height, width, channels), uint8;
             e.g. ``numpy.lib.format.open_memmap(...)`` to decode straight into an
             ``.npy`` file instead of memory. None: a new array.
+        max_pixels: as for ``decode``: larger images are bad files, never decoded.
 
     Returns:
         ``(pixels, kept, bad)``: pixels of the decodable files in input order,
@@ -206,11 +242,12 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
     else:
         pixels = out
     workers = workers or available_cpus()
+    decode_one = functools.partial(decode, size=(height, width), color_mode=color_mode,
+                                   max_pixels=max_pixels)
     if workers == 1 or len(names) < IN_PROCESS_BELOW:
-        reasons = _decode_into(pixels, names, size=(height, width), color_mode=color_mode)
+        reasons = _decode_into(pixels, names, decode_one=decode_one)
     else:
-        reasons = _decode_in_threads(pixels, names, size=(height, width),
-                                     color_mode=color_mode, workers=workers)
+        reasons = _decode_in_threads(pixels, names, decode_one=decode_one, workers=workers)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     # Close the gaps left by bad files in place: a fancy-indexed copy would double memory.
     for row, index in enumerate(kept):
@@ -247,10 +284,10 @@ def _check_options(size: tuple[int, int], color_mode: str) -> tuple[int, int]:
     return size[0], size[1]
 
 
-def _decode(path: str | os.PathLike[str], *, width: int, height: int,
-            color_mode: str) -> np.ndarray:
+def _decode(path: str | os.PathLike[str], *, width: int, height: int, color_mode: str,
+            max_pixels: int) -> np.ndarray:
     with Image.open(path, formats=FORMATS) as image:
-        box = None
+        declared, box = image.size, None
         if image.format in ("JPEG", "MPO"):
             # The orientation must be known before draft: draft scales the image as
             # stored, and a 90-degree orientation swaps which side becomes the width.
@@ -260,8 +297,10 @@ def _decode(path: str | os.PathLike[str], *, width: int, height: int,
             drafted = image.draft("RGB" if color_mode == "rgb" else "L", stored)
             # draft rounds its size up; box is the part of that which is real image.
             box = drafted[1] if drafted else None
+            _check_pixels(image, path, declared=declared, max_pixels=max_pixels)
             image.load()
         else:
+            _check_pixels(image, path, declared=declared, max_pixels=max_pixels)
             # Load first: some formats (PNG) keep EXIF after the pixel data, and a
             # decode error must surface from the load, not from reading tags.
             image.load()
@@ -277,6 +316,19 @@ def _decode(path: str | os.PathLike[str], *, width: int, height: int,
         # quarter turns commute exactly with the (symmetric) resize.
         converted = converted.transpose(_TRANSPOSE[orientation])
     return np.array(converted, dtype=np.uint8)
+
+
+def _check_pixels(image: Image.Image, path: str | os.PathLike[str], *,
+                  declared: tuple[int, int], max_pixels: int) -> None:
+    """Refuse, from its header alone, an image that would decode to more than ``max_pixels``."""
+    width, height = image.size  # after draft, for a JPEG: what load will allocate
+    if not max_pixels or width * height <= max_pixels:
+        return
+    size = f"{declared[0]}x{declared[1]} pixels"
+    if image.size != declared:
+        size += f" ({width}x{height} after JPEG draft scaling)"
+    raise UnreadableImage(path, f"{size} is over data.max_image_pixels={max_pixels}; resize "
+                                "it or raise the limit")
 
 
 def _orientation(image: Image.Image) -> int:
@@ -345,7 +397,7 @@ def _scale(values: np.ndarray, top: int) -> np.ndarray:
 
 def _reason(error: Exception, path: str | os.PathLike[str]) -> str:
     """A few words for the user: what is wrong with the file, not where Pillow noticed."""
-    text = str(error)
+    text = printable_path(str(error))  # a hostile file can put anything in Pillow's message
     if isinstance(error, Image.DecompressionBombError):
         return f"too many pixels to decode safely ({text})"
     if isinstance(error, UnidentifiedImageError):
@@ -382,39 +434,52 @@ def _webp_truncated(path: str | os.PathLike[str]) -> bool:
 # --- many files ----------------------------------------------------------------------
 
 
-def _decode_into(pixels: np.ndarray, paths: Sequence[str], *, size: tuple[int, int],
-                 color_mode: str) -> list[str | None]:
-    """Decode ``paths`` into ``pixels`` row by row; the reason per path, None when decoded."""
+def _decode_into(pixels: np.ndarray, paths: Sequence[str], *,
+                 decode_one: Callable[[str], np.ndarray],
+                 stop: threading.Event | None = None) -> list[str | None]:
+    """Decode ``paths`` into ``pixels`` row by row: reasons, None when decoded; ``_Stopped``
+    once ``stop`` is set (checked before each image)."""
     reasons: list[str | None] = []
     for row, path in enumerate(paths):
+        if stop is not None and stop.is_set():
+            raise _Stopped
         try:
-            pixels[row] = decode(path, size=size, color_mode=color_mode)
+            pixels[row] = decode_one(path)
             reasons.append(None)
         except UnreadableImage as error:
             reasons.append(error.reason)
     return reasons
 
 
-def _decode_in_threads(pixels: np.ndarray, paths: list[str], *, size: tuple[int, int],
-                       color_mode: str, workers: int) -> list[str | None]:
+class _Stopped(Exception):
+    """A decoder thread was told to stop; nobody waits for its result any more."""
+
+
+def _decode_in_threads(pixels: np.ndarray, paths: list[str], *,
+                       decode_one: Callable[[str], np.ndarray], workers: int) -> list[str | None]:
     chunk = max(1, math.ceil(len(paths) / (workers * TASKS_PER_WORKER)))
     reasons: list[str | None] = [None] * len(paths)
+    stop = threading.Event()
 
     def decode_chunk(start: int) -> None:
         end = min(start + chunk, len(paths))
-        reasons[start:end] = _decode_into(pixels[start:end], paths[start:end], size=size,
-                                          color_mode=color_mode)
+        reasons[start:end] = _decode_into(pixels[start:end], paths[start:end],
+                                          decode_one=decode_one, stop=stop)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        futures = [pool.submit(decode_chunk, start) for start in range(0, len(paths), chunk)]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            # Ctrl-C or a bug: stop handing out chunks; running ones finish quickly.
-            for future in futures:
-                future.cancel()
-            raise
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    try:
+        pending = {pool.submit(decode_chunk, start) for start in range(0, len(paths), chunk)}
+        while pending:  # in short slices, so that Ctrl-C reaches this thread at once
+            done, pending = wait(pending, timeout=WAIT_SLICE_SECONDS, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # raises what a decoder thread raised
+    except BaseException:
+        # Ctrl-C or a bug: drop queued chunks, and stop running ones after the image in
+        # hand (at most max_pixels) instead of waiting for most of a shard to decode.
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return reasons
 
 

@@ -80,6 +80,13 @@ class DataSpec:
     """MiB of decoded uint8 pixels kept in memory before the cache moves to disk."""
     decode_workers: int = 0
     """Decoder threads; 0: one per CPU core available to this worker."""
+    max_image_pixels: int = 40_000_000
+    """Most pixels (width x height) an image may declare, after JPEG draft scaling; larger
+    ones are bad images, refused from their header. Each decoder thread holds one image at
+    a time: at 40 MP that peaks at 0.2 GB (RGB), 0.5 GB (RGBA), 0.8 GB (16-bit grayscale),
+    where a 0.7 MB PNG declaring 13000x13000 took 2.1 GB. It still lets in an 8K frame
+    (33 MP), an A4 page at 600 dpi (35 MP) and any JPEG photo (a 48 MP one is drafted to
+    1/8 before the check). 0: no limit of ours (Pillow's own refuses over 179 MP)."""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -255,6 +262,7 @@ def _data(r: Reader, d: dict) -> DataSpec:
         cache_dir=r.path(d, "data.cache_dir"),
         cache_memory_mb=r.integer(d, "data.cache_memory_mb", 2048, low=0),
         decode_workers=r.integer(d, "data.decode_workers", 0, low=0, high=256),
+        max_image_pixels=r.integer(d, "data.max_image_pixels", 40_000_000, low=0),
     )
 
 
