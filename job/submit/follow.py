@@ -8,8 +8,9 @@ Never touches: the ``kubernetes`` package and reconnecting (``job.submit.kube`` 
 and owns the one reconnect policy), what the events mean (``job.submit.state``), TensorFlow.
 
 Example:
-    >>> follow = RunFollow(kube, "ml", run_id="shapes-x7k2p", terminal=terminal)  # doctest: +SKIP
-    >>> follow.next_event()                                                 # doctest: +SKIP
+    >>> follow = RunFollow(kube, "ml", run_id="shapes-x7k2p",           # doctest: +SKIP
+    ...                    selector="trainjob.dev/run-id=shapes-x7k2p", terminal=terminal)
+    >>> follow.next_event()                                             # doctest: +SKIP
     Event(kind='Job', type='SYNC', objects=(...))
 """
 
@@ -20,7 +21,6 @@ import threading
 import time
 
 from job.errors import ClusterError
-from job.submit import manifests
 from job.submit.kube import ApiUnreachable, Kube, LogNotReady
 from job.submit.state import CHIEF, CHIEF_INDEX, Event, RunState
 from job.submit.terminal import Terminal
@@ -35,13 +35,15 @@ class RunFollow:
     Args:
         kube: the door to the cluster.
         namespace: the run's namespace.
-        run_id: the run to follow.
+        run_id: the run to follow, for messages.
+        selector: the label selector of the run's Job and Pods.
         terminal: where the chief's log goes; None: do not follow the log.
     """
 
-    def __init__(self, kube: Kube, namespace: str, *, run_id: str,
+    def __init__(self, kube: Kube, namespace: str, *, run_id: str, selector: str,
                  terminal: Terminal | None) -> None:
         self._kube, self._namespace, self._run_id = kube, namespace, run_id
+        self._selector = selector
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._watch, args=(kind,), daemon=True,
@@ -84,9 +86,10 @@ class RunFollow:
     def _watch(self, kind: str) -> None:
         """One watch thread: every change goes on the queue, and so does the error ending it."""
         try:
-            for change, objects in self._kube.follow(
-                    self._namespace, kind, selector=f"{manifests.LABEL_RUN_ID}={self._run_id}",
-                    stopped=self._stop.is_set, pause=self._stop.wait):
+            for change, objects in self._kube.follow(self._namespace, kind,
+                                                     selector=self._selector,
+                                                     stopped=self._stop.is_set,
+                                                     pause=self._stop.wait):
                 self._events.put(Event(kind, change, objects))
         except ApiUnreachable as error:
             self._events.put(ClusterError(

@@ -75,6 +75,11 @@ class RunRef:
         return cls(kube, namespace, run_id, context)
 
     @property
+    def config_map(self) -> str:
+        """The name of the ConfigMap that holds the run's spec, as the manifests name it."""
+        return f"{self.run_id}-spec"
+
+    @property
     def selector(self) -> str:
         """The label selector of the run's pods and Job."""
         return f"{manifests.LABEL_RUN_ID}={self.run_id}"
@@ -102,7 +107,7 @@ class RunRef:
         """The names of the run's objects, in deletion order: the Job (and its pods) first."""
         return [{"kind": "Job", "metadata": {"name": self.run_id}},
                 {"kind": "Service", "metadata": {"name": self.run_id}},
-                {"kind": "ConfigMap", "metadata": {"name": f"{self.run_id}-spec"}}]
+                {"kind": "ConfigMap", "metadata": {"name": self.config_map}}]
 
 
 def _connect(kube: Kube | None, *, namespace: str | None,
@@ -225,7 +230,7 @@ def _create_all(run: RunRef, docs: Sequence[Mapping[str, Any]]) -> None:
 def _watch_run(run: RunRef, *, workers: int, model: str, follow: bool,
                terminal: Terminal) -> int:
     """Print one line per change until the Job ends; the outcome decides the return."""
-    following = RunFollow(run.kube, run.namespace, run_id=run.run_id,
+    following = RunFollow(run.kube, run.namespace, run_id=run.run_id, selector=run.selector,
                           terminal=terminal if follow else None)
     state = RunState(workers=workers)
     try:
@@ -335,11 +340,11 @@ def status(run_id: str, *, namespace: str | None = None, context: str | None = N
 def _model(run: RunRef) -> str:
     """Where the run's model is, read from the spec in its ConfigMap."""
     try:
-        config_map = run.kube.get(run.namespace, "ConfigMap", f"{run.run_id}-spec")
+        config_map = run.kube.get(run.namespace, "ConfigMap", run.config_map)
         pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
         return model_location(pod_spec, run_id=run.run_id)
     except (NotFound, KeyError, TypeError, yaml.YAMLError):
-        return f"unknown: the run's ConfigMap {run.run_id}-spec is missing or unreadable"
+        return f"unknown: the run's ConfigMap {run.config_map} is missing or unreadable"
 
 
 def logs(run_id: str, *, namespace: str | None = None, context: str | None = None,
