@@ -16,10 +16,11 @@ YAML dialect a spec is read in: PyYAML's safe loader, plus
 - nesting bounded to MAX_NESTING levels, so a hostile file is one clear line, never a
   RecursionError.
 
-``Reader`` gives typed access to the parsed mapping; every failure names the key's full
-path and shows the received value as a short excerpt.
-Never touches: the spec's keys, defaults and cross-field rules (``job.spec``), TensorFlow,
-Pillow, kubernetes.
+``Reader`` gives typed access to the parsed mapping and builds a dataclass from it, reading
+each field's type, default and range from the dataclass it is handed; every failure names
+the key's full path and shows the received value as a short excerpt.
+Never touches: the spec's keys, defaults, ranges and cross-field rules (``job.spec``),
+TensorFlow, Pillow, kubernetes.
 
 Example:
     >>> read(Path("examples/shapes.yaml"))["train"]["learning_rate"]   # doctest: +SKIP
@@ -29,12 +30,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
 import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -45,6 +49,8 @@ MAX_SPEC_BYTES = 1024 * 1024
 """1 MiB: a complete spec is about 2 KB; anything this big is the wrong file or an attack."""
 MAX_NESTING = 32
 """Levels of nested nodes; the deepest real value (cluster.tolerations[i].key) is at 5."""
+
+_T = TypeVar("_T")
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+\Z")
 """YAML 1.2 core schema floats with an exponent; the forms without one PyYAML already reads."""
@@ -176,7 +182,12 @@ def _line(mark: Any) -> int:
 
 
 class Reader:
-    """Typed access to a parsed YAML mapping that fails with the key's full path."""
+    """Typed access to a parsed YAML mapping that fails with the key's full path.
+
+    ``build`` makes a spec dataclass from a mapping, field by field: the field's type picks
+    the check (a ``Literal`` lists the choices), the field gives the default, and its
+    metadata the range (``low``, ``high``, ``exclusive_low``).
+    """
 
     def __init__(self, *, source: str, base_dir: Path) -> None:
         self.source = source
@@ -198,8 +209,9 @@ class Reader:
                                 f"{' under ' + key if key else ''}: {', '.join(allowed)}.")
         return value
 
-    def allowed(self, d: dict, key: str, cls: type) -> None:
-        self.mapping(d, key, allowed=tuple(f.name for f in dataclasses.fields(cls)))
+    def allowed(self, d: Any, key: str, cls: type) -> dict:
+        """``d`` itself, once it is a mapping whose keys are all fields of ``cls``."""
+        return self.mapping(d, key, allowed=tuple(f.name for f in dataclasses.fields(cls)))
 
     def section(self, d: dict, name: str, *, required: bool = False,
                 path: str | None = None) -> dict:
@@ -214,6 +226,57 @@ class Reader:
                             f"{type(d[name]).__name__} {excerpt(d[name])}.")
         return d[name]
 
+    def build(self, cls: type[_T], d: dict, at: str, *, given: Mapping[str, Any] | None = None,
+              readers: Mapping[str, FieldReader] | None = None) -> _T:
+        """The dataclass ``cls`` from the mapping ``d`` found at ``at``, in field order.
+
+        Args:
+            given: values of fields the caller has already read and checked.
+            readers: for fields whose type ``read`` does not know, ``reader(self, d, key)``,
+                called in the field's turn.
+        """
+        self.allowed(d, at, cls)
+        given, readers = given or {}, readers or {}
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in given:
+                values[f.name] = given[f.name]
+            elif f.name in readers:
+                values[f.name] = readers[f.name](self, d, f"{at}.{f.name}")
+            else:
+                values[f.name] = self.read(cls, f.name, d, at)
+        return cls(**values)
+
+    def read(self, cls: type, name: str, d: dict, at: str) -> Any:
+        """The field ``name`` of the dataclass ``cls`` from ``d``, by its type, default and
+        range. A missing or null key gives the default; on a field that may be None, an
+        explicit null gives None."""
+        f, (kinds, optional) = _fields(cls)[name], _kinds(_hints(cls)[name])
+        if optional and name in d and d[name] is None:
+            return None
+        key = f"{at}.{name}"
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        kind = kinds[0] if len(kinds) == 1 else None
+        if kinds[0] is bool and len(kinds) == 2 and get_origin(kinds[1]) is Literal:
+            return self.boolean_or(d, key, default, words=get_args(kinds[1]))
+        if dataclasses.is_dataclass(kind):
+            return self.build(kind, self.section(d, name, path=key), key)
+        if get_origin(kind) is Literal:
+            return self.choice(d, key, get_args(kind), default)
+        if kind is int:
+            return self.integer(d, key, default, f.metadata)
+        if kind is float:
+            return self.number(d, key, default, f.metadata)
+        if kind is bool:
+            return self.boolean(d, key, default)
+        if kind is str:
+            return self.string(d, key, required=required, default=default)
+        if kind is Path:
+            return self.path(d, key, required=required, default=default)
+        raise TypeError(f"{cls.__name__}.{name}: no reader for {kinds}; pass one in readers=")
+
     def _get(self, d: dict, key: str, default: Any, required: bool) -> Any:
         short = key.rsplit(".", 1)[-1]
         if d.get(short) is None:
@@ -223,38 +286,44 @@ class Reader:
             return default
         return d[short]
 
-    def string(self, d: dict, key: str, *, required: bool = False) -> str | None:
-        value = self._get(d, key, None, required)
+    def string(self, d: dict, key: str, *, required: bool = False,
+               default: str | None = None) -> str | None:
+        value = self._get(d, key, default, required)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             self.fail(key, value, "a non-empty string", "quote it in the YAML")
         return value
 
-    def path(self, d: dict, key: str, *, required: bool = False) -> Path | None:
+    def path(self, d: dict, key: str, *, required: bool = False,
+             default: Path | None = None) -> Path | None:
+        """A path resolved against base_dir; a default path is joined to it as it is."""
         value = self.string(d, key, required=required)
         if value is None:
-            return None
+            return None if default is None else self.base_dir / default
         p = Path(value).expanduser()
         return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
 
-    def integer(self, d: dict, key: str, default: int | None, *, low: int | None = None,
-                high: int | None = None) -> int | None:
+    def integer(self, d: dict, key: str, default: int | None,
+                limits: Mapping[str, Any]) -> int | None:
+        """An integer within ``limits["low"]`` and ``limits["high"]`` (either may be absent)."""
         value = self._get(d, key, default, False)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(key, value, "an integer", "write it without quotes or decimals")
+        low, high = limits.get("low"), limits.get("high")
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"from {low}" + (f" to {high}" if high is not None else " up")
             self.fail(key, value, f"an integer {bounds}", "change the value")
         return value
 
-    def number(self, d: dict, key: str, default: float, *, low: float, high: float,
-               exclusive_low: bool = False) -> float:
-        """A finite int or float within the bounds: .nan passes every comparison, so it is
-        refused by name."""
+    def number(self, d: dict, key: str, default: float, limits: Mapping[str, Any]) -> float:
+        """A finite int or float from ``limits["low"]`` (or above it, with ``exclusive_low``)
+        to ``limits["high"]``: .nan passes every comparison, so it is refused by name."""
         value = self._get(d, key, default, False)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(key, value, "a number", "write it without quotes, e.g. 0.2 or 1e-3")
+        low, high = limits["low"], limits["high"]
+        exclusive_low = limits.get("exclusive_low", False)
         finite = not isinstance(value, float) or math.isfinite(value)
         too_low = value <= low if exclusive_low else value < low
         if not finite or too_low or value > high:
@@ -268,10 +337,13 @@ class Reader:
             self.fail(key, value, "true or false", "write true or false without quotes")
         return value
 
-    def boolean_or_auto(self, d: dict, key: str, default: bool | str) -> bool | str:
+    def boolean_or(self, d: dict, key: str, default: bool | str, *,
+                   words: tuple[str, ...]) -> bool | str:
+        """true, false, or one of ``words`` (e.g. auto)."""
         value = self._get(d, key, default, False)
-        if not isinstance(value, bool) and value != "auto":
-            self.fail(key, value, "auto, true or false", "write one of those without quotes")
+        if not isinstance(value, bool) and value not in words:
+            self.fail(key, value, f"{', '.join(words)}, true or false",
+                      "write one of those without quotes")
         return value
 
     def choice(self, d: dict, key: str, choices: tuple[str, ...], default: str) -> str:
@@ -279,3 +351,26 @@ class Reader:
         if value not in choices:
             self.fail(key, value, "one of " + ", ".join(choices), "pick one of those")
         return value
+
+
+FieldReader = Callable[[Reader, dict, str], Any]
+"""Reads one field that ``Reader.read`` has no rule for: ``reader(r, d, key)``."""
+
+
+def _kinds(hint: Any) -> tuple[tuple[Any, ...], bool]:
+    """The types an annotation allows besides None, and whether it allows None."""
+    if get_origin(hint) not in (Union, UnionType):
+        return (hint,), False
+    args = get_args(hint)
+    return tuple(a for a in args if a is not type(None)), type(None) in args
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The fields' types, resolved: the spec's annotations are strings (``__future__``)."""
+    return get_type_hints(cls)

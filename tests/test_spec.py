@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import re
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ from job import cli, spec
 from job.errors import SpecError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "shapes.yaml"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 GOOD = {"name": "shapes", "data": {"train_dir": "data/train"}}
 
@@ -143,5 +149,116 @@ def test_spec_is_frozen_and_round_trips_through_to_dict(tmp_path):
 
 def test_runtime_worker_count_check_names_the_key(tmp_path):
     loaded = spec.from_dict(_with("train.global_batch_size", 10), base_dir=tmp_path)
-    with pytest.raises(SpecError, match="train.global_batch_size=10 is not divisible by workers=3"):
+    with pytest.raises(SpecError, match=r"train.global_batch_size=10 is invalid: expected a "
+                                        r"multiple of workers=3 .*; use 9\.$"):
         spec.check_worker_count(loaded, 3)
+
+
+def test_load_time_and_run_time_divisibility_is_one_rule_with_one_message(tmp_path):
+    document = {**GOOD, "train": {"global_batch_size": 100}, "cluster": {"workers": 3}}
+    with pytest.raises(SpecError) as at_load:
+        spec.from_dict(document, base_dir=tmp_path, source="s.yaml")
+    loaded = spec.from_dict(_with("train.global_batch_size", 100), base_dir=tmp_path)
+    with pytest.raises(SpecError) as at_run:
+        spec.check_worker_count(loaded, 3, unit="cluster.workers")
+    assert str(at_load.value) == f"s.yaml: {at_run.value}"
+
+
+# --- every default, range and choice is written once, in the dataclasses --------------------
+
+def _keys(cls: type, prefix: str = "") -> Iterator[tuple[str, typing.Any, dataclasses.Field]]:
+    """(dotted key, resolved type, field) of every key under ``cls``, sections included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "base_dir":  # where paths resolve from, never a key
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, hints[f.name], f
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if callable(f.default_factory) else dataclasses.MISSING
+
+
+SPEC_KEYS = {key: f for key, _, f in _keys(spec.Spec)}
+VOLUME_KEYS = {key: f for key, _, f in _keys(spec.VolumeSpec, "cluster.models_volume.")}
+CHOICE_KEYS = {key: typing.get_args(hint) for key, hint, _ in _keys(spec.Spec)
+               if typing.get_origin(hint) is typing.Literal}
+
+
+def test_every_key_left_out_loads_as_its_dataclass_default(tmp_path):
+    with_volume = _with("cluster.models_volume", {"claim": "m", "mount": "/m"})
+    for keys, document in ((SPEC_KEYS, GOOD), (VOLUME_KEYS, with_volume)):
+        loaded = spec.from_dict(document, base_dir=tmp_path)
+        for key, f in keys.items():
+            default = _default(f)
+            if default is dataclasses.MISSING:
+                continue
+            expected = tmp_path / default if isinstance(default, Path) else default
+            assert functools.reduce(getattr, key.split("."), loaded) == expected, key
+    assert {"data.max_image_pixels", "model.augment.flip", "cluster.port"} <= set(SPEC_KEYS)
+    assert "cluster.models_volume.read_only" in VOLUME_KEYS
+
+
+def test_every_numeric_key_has_its_range_in_the_field_metadata():
+    keys = [*_keys(spec.Spec), *_keys(spec.VolumeSpec, "cluster.models_volume.")]
+    for key, hint, f in keys:
+        types = {hint, *typing.get_args(hint)}
+        if types & {int, float}:
+            assert "low" in f.metadata, f"{key} has no range"
+        if float in types:
+            assert "high" in f.metadata, f"{key} has no upper bound"
+
+
+def test_the_keys_with_choices_are_literal_types():
+    assert set(CHOICE_KEYS) == {"data.color_mode", "data.on_bad_image", "data.cache",
+                                "model.backbone", "model.augment.flip", "train.optimizer"}
+    assert CHOICE_KEYS["model.backbone"] == spec.BACKBONES
+
+
+@pytest.mark.parametrize("key", sorted(CHOICE_KEYS))
+def test_a_bad_choice_lists_the_literal_types_values(tmp_path, key):
+    with pytest.raises(SpecError, match=re.escape("one of " + ", ".join(CHOICE_KEYS[key]))):
+        spec.from_dict(_with(key, "bogus"), base_dir=tmp_path)
+
+
+def _readme_defaults() -> dict[str, str]:
+    """The default column of the README's spec tables, by dotted key."""
+    defaults = {}
+    tables = re.findall(r"\| key \| default \| meaning \|\n\|---\|---\|---\|\n((?:\|.*\n)+)",
+                        README.read_text(encoding="utf-8"))
+    for table, prefix in zip(tables, ("", "cluster.")):
+        for row in table.splitlines():
+            key_cell, default_cell = row.split(" | ")[:2]
+            keys = re.findall(r"`([^`]+)`", key_cell)
+            values = re.findall(r"`([^`]+)`", default_cell) or [default_cell.strip()]
+            parent = keys[0].rpartition(".")[0]
+            for i, key in enumerate(keys):
+                full = prefix + (key if "." in key or not parent else f"{parent}.{key}")
+                defaults[full] = values[i] if len(values) == len(keys) else values[0]
+    return defaults
+
+
+def _as_yaml(value):
+    """A dataclass default as the spec file writes it: paths as strings, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_as_yaml(v) for v in value]
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def test_readme_spec_tables_list_every_key_with_its_dataclass_default():
+    readme = _readme_defaults()
+    assert set(SPEC_KEYS) <= set(readme), "keys missing from the README"
+    for key, f in SPEC_KEYS.items():
+        default = _default(f)
+        if default is dataclasses.MISSING:
+            assert readme[key] == "required", key
+        else:
+            written = None if readme[key] == "none" else yaml.safe_load(readme[key])
+            assert written == _as_yaml(default), key
