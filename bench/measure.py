@@ -28,14 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from job.cluster import ENV_PREFIX, INDEX_ENV, TF_CONFIG_ENV
 from job.launcher import THREAD_VARIABLES
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 """Working folder of every child, so ``python -m job`` and ``-m bench.*`` resolve here."""
-CLUSTER_VARIABLES = ("TF_CONFIG", "JOB_COMPLETION_INDEX")
-"""Dropped from the children's environment (with every TRAINJOB_* variable): a shell
-that exports a cluster must not turn a benchmark run into a multi-worker one."""
+CLUSTER_VARIABLES = (TF_CONFIG_ENV, INDEX_ENV)
+"""Dropped from the children's environment (with every variable of trainjob's own,
+ENV_PREFIX): a shell that exports a cluster must not turn a benchmark run into a
+multi-worker one."""
 STOP_GRACE_SECONDS = 20.0
 """Seconds a timed-out child has after SIGTERM (to stop its own workers) before SIGKILL."""
 CHILD = Path(__file__).resolve().with_name("child.py")
@@ -148,7 +150,7 @@ def child_env(*, threads: int | None) -> dict[str, str]:
     cores), or the launcher's share per worker.
     """
     env = {key: value for key, value in os.environ.items()
-           if key not in CLUSTER_VARIABLES and not key.startswith("TRAINJOB_")
+           if key not in CLUSTER_VARIABLES and not key.startswith(ENV_PREFIX)
            and key not in THREAD_VARIABLES}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))

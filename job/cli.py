@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from job import __version__
+from job.cluster import RUN_ID_ENV
 from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError
 
 
@@ -75,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, help="the YAML spec")
     p.add_argument("--run-id", default=None,
                    help="run directory name under output.dir; a restart with the same id "
-                        "resumes (default: $TRAINJOB_RUN_ID, else the spec's name)")
+                        f"resumes (default: ${RUN_ID_ENV}, else the spec's name)")
     p.add_argument("--restart", action="store_true",
                    help="discard the run directory's old run and train from the start")
     p.set_defaults(handler=_train)
@@ -148,7 +149,7 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run_id(args: argparse.Namespace, *, default: str | None) -> str | None:
-    """--run-id, else $TRAINJOB_RUN_ID (``train`` only), else ``default``.
+    """--run-id, else the variable ``job.cluster.RUN_ID_ENV`` (``train`` only), else ``default``.
 
     Checked by the one run-id rule (``job.names.check_run_id``) before anything is written,
     deleted or sent: an id like ``../x`` would otherwise leave output.dir.
@@ -159,9 +160,9 @@ def _run_id(args: argparse.Namespace, *, default: str | None) -> str | None:
         fallback = "to use the spec's name" if default else "for a generated id"
         check_run_id(args.run_id, source="--run-id", hint=f"or leave it out {fallback}")
         return args.run_id
-    variable = os.environ.get("TRAINJOB_RUN_ID", "") if args.command == "train" else ""
+    variable = os.environ.get(RUN_ID_ENV, "") if args.command == "train" else ""
     if variable:
-        check_run_id(variable, source="TRAINJOB_RUN_ID", hint="or unset TRAINJOB_RUN_ID")
+        check_run_id(variable, source=RUN_ID_ENV, hint=f"or unset {RUN_ID_ENV}")
         return variable
     return default
 

@@ -1,8 +1,10 @@
-"""Cluster discovery: who the training workers are, and which one this process is.
+"""The environment contract between the job and what starts it, in both directions.
 
-Owns: ``cluster_from_env(env) -> Cluster``, a pure function of the environment
-mapping, and ``tf_config_for(cluster)``, the TF_CONFIG JSON the job sets before it
-creates ``MultiWorkerMirroredStrategy``. It understands, in this order:
+Owns: the names of the contract's variables (``*_ENV`` below, spelled nowhere else);
+``cluster_from_env(env) -> Cluster``, a pure function of the environment mapping, and its
+inverse ``indexed_job_env(...)``, which the local launcher and the Kubernetes manifests
+render; and ``tf_config_for(cluster)``, the TF_CONFIG JSON the job sets before it creates
+``MultiWorkerMirroredStrategy``. ``cluster_from_env`` understands, in this order:
 
 1. ``TF_CONFIG`` as set by Kubeflow TFJob, Vertex AI or Ray Train (it wins when
    present): roles ``chief``, ``worker`` and ``evaluator``.
@@ -21,17 +23,40 @@ Example:
     (1, False, 2)
     >>> json.loads(tf_config_for(cluster))["task"]
     {'type': 'worker', 'index': 1}
+    >>> cluster_from_env(indexed_job_env(num_workers=2, index=1, run_id="r1",
+    ...     hosts=["127.0.0.1:4001", "127.0.0.1:4002"])) == cluster
+    True
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from job.errors import EnvironmentConfigError
+
+# --- the contract's variables ------------------------------------------------------------
+TF_CONFIG_ENV = "TF_CONFIG"
+"""TensorFlow's cluster description, as Kubeflow TFJob, Vertex AI or Ray Train set it."""
+INDEX_ENV = "JOB_COMPLETION_INDEX"
+"""This worker's index: set by the Job controller in every pod of an Indexed Job."""
+WORKERS_ENV = "TRAINJOB_WORKERS"
+"""How many workers train together: the Indexed Job's completions."""
+WORKER_HOSTS_ENV = "TRAINJOB_WORKER_HOSTS"
+"""Comma-separated host:port of every worker, in index order (the local launcher's)."""
+JOB_NAME_ENV = "TRAINJOB_JOB_NAME"
+"""The Job's name: worker i's pod hostname is ``<job name>-<i>``."""
+SERVICE_ENV = "TRAINJOB_SERVICE"
+"""The headless Service that is every pod's subdomain, so ``<job>-<i>.<service>`` resolves."""
+PORT_ENV = "TRAINJOB_PORT"
+"""The port every worker listens on for collectives."""
+RUN_ID_ENV = "TRAINJOB_RUN_ID"
+"""The run every worker shares; ``trainjob train`` reads it when --run-id is not given."""
+ENV_PREFIX = "TRAINJOB_"
+"""Every variable trainjob itself defines starts with this."""
 
 SOURCES = ("tf_config", "indexed_job", "single")
 TASK_TYPES = ("chief", "worker")
@@ -117,19 +142,19 @@ def cluster_from_env(env: Mapping[str, str]) -> Cluster:
         >>> cluster_from_env({}).num_workers
         1
     """
-    tf_config = env.get("TF_CONFIG", "")
+    tf_config = env.get(TF_CONFIG_ENV, "")
     if tf_config.strip():
         return _from_tf_config(tf_config)
-    if env.get("JOB_COMPLETION_INDEX", "").strip():
+    if env.get(INDEX_ENV, "").strip():
         return _from_indexed_job(env)
-    workers = env.get("TRAINJOB_WORKERS", "").strip()
-    if workers and _parse_int("TRAINJOB_WORKERS", workers, low=1) > 1:
+    workers = env.get(WORKERS_ENV, "").strip()
+    if workers and _parse_int(WORKERS_ENV, workers, low=1) > 1:
         # Every pod would otherwise believe it is the only, chief, worker and write
         # the shared outputs at once.
         raise EnvironmentConfigError(
-            f"TRAINJOB_WORKERS={workers} but JOB_COMPLETION_INDEX is not set, so this worker "
+            f"{WORKERS_ENV}={workers} but {INDEX_ENV} is not set, so this worker "
             "cannot tell which of them it is; run as an Indexed Job (completionMode: Indexed), "
-            "set JOB_COMPLETION_INDEX, or set TRAINJOB_WORKERS=1.")
+            f"set {INDEX_ENV}, or set {WORKERS_ENV}=1.")
     return Cluster(num_workers=1, index=0, is_chief=True, worker_addresses=(),
                    source="single", task_type="chief")
 
@@ -156,6 +181,72 @@ def tf_config_for(cluster: Cluster) -> str | None:
                        "task": {"type": cluster.task_type, "index": cluster.task_index}})
 
 
+# --- the inverse: what the launcher and the manifests set --------------------------------
+
+
+@dataclass(frozen=True)
+class JobDns:
+    """How the pods of an Indexed Job reach each other: worker i at ``<job>-<i>.<service>:<port>``.
+
+    The Job controller names pod i's hostname ``<job name>-<i>``; the headless Service that
+    is every pod's ``subdomain`` gives that hostname a DNS record under ``<service>``.
+    """
+
+    PATTERN: ClassVar[str] = f"{{{JOB_NAME_ENV}}}-{{i}}.{{{SERVICE_ENV}}}:{{{PORT_ENV}}}"
+    """The addressing rule as messages show it, in the contract's variable names."""
+
+    job_name: str
+    service: str
+    port: int
+
+    def addresses(self, num_workers: int) -> tuple[str, ...]:
+        """``host:port`` of workers 0..num_workers-1, in index order."""
+        return tuple(f"{self.job_name}-{i}.{self.service}:{self.port}"
+                     for i in range(num_workers))
+
+
+def indexed_job_env(*, num_workers: int, run_id: str, index: int | None = None,
+                    hosts: Sequence[str] = (), dns: JobDns | None = None) -> dict[str, str]:
+    """The variables ``cluster_from_env`` reads back as worker ``index`` of ``num_workers``.
+
+    Args:
+        num_workers: how many workers train together (the Indexed Job's completions).
+        run_id: the run every worker shares, read by ``trainjob train``.
+        index: this worker's index. None leaves JOB_COMPLETION_INDEX out: the Job controller
+            sets it in each pod of an Indexed Job, and a rendered copy would shadow it.
+        hosts: ``host:port`` of every worker in index order (the local launcher's way).
+        dns: the Indexed Job's way instead: workers find each other by DNS name.
+            Exactly one of ``hosts`` and ``dns`` is given.
+
+    Returns:
+        Name -> value, in a stable order (the rendered manifests rely on it).
+
+    Raises:
+        ValueError: the arguments do not describe one cluster (a programming error).
+
+    Example:
+        >>> indexed_job_env(num_workers=2, run_id="r1", dns=JobDns("r1", "r1", 2222))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'TRAINJOB_WORKERS': '2', 'TRAINJOB_JOB_NAME': 'r1', 'TRAINJOB_SERVICE': 'r1',
+         'TRAINJOB_PORT': '2222', 'TRAINJOB_RUN_ID': 'r1'}
+    """
+    if num_workers < 1 or (index is not None and not 0 <= index < num_workers) \
+            or bool(hosts) == (dns is not None) or (hosts and len(hosts) != num_workers):
+        raise ValueError(f"indexed_job_env: num_workers={num_workers}, index={index}, "
+                         f"{len(hosts)} hosts and dns={dns} do not describe one cluster; "
+                         "expected one host per worker or a JobDns, and an index below "
+                         "num_workers.")
+    env = {} if index is None else {INDEX_ENV: str(index)}
+    env[WORKERS_ENV] = str(num_workers)
+    if dns is None:
+        env[WORKER_HOSTS_ENV] = ",".join(hosts)
+    else:
+        env.update({JOB_NAME_ENV: dns.job_name, SERVICE_ENV: dns.service,
+                    PORT_ENV: str(dns.port)})
+    env[RUN_ID_ENV] = run_id
+    return env
+
+
 # --- TF_CONFIG ---------------------------------------------------------------------------
 
 
@@ -168,7 +259,7 @@ def _from_tf_config(text: str) -> Cluster:
         raise _tf_error(f"cluster.chief has {len(chiefs)} addresses {chiefs}; expected at most "
                         "one chief. List the other tasks under 'worker'.")
     training = chiefs + workers
-    _check_distinct("TF_CONFIG cluster.chief + cluster.worker", training)
+    _check_distinct(f"{TF_CONFIG_ENV} cluster.chief + cluster.worker", training)
     index = task_index if task_type == "chief" else task_index + len(chiefs)
     is_chief = task_type == "chief" or (not chiefs and task_index == 0)
     return Cluster(num_workers=len(training), index=index, is_chief=is_chief,
@@ -190,8 +281,8 @@ def _load_tf_config(text: str) -> dict[str, Any]:
     for key in ("cluster", "task"):
         if key not in config:
             raise _tf_error(f'has no "{key}" key (it has {sorted(config)}); a training '
-                            'TF_CONFIG needs both "cluster" and "task". For a single '
-                            "worker, unset TF_CONFIG instead.")
+                            f'{TF_CONFIG_ENV} needs both "cluster" and "task". For a single '
+                            f"worker, unset {TF_CONFIG_ENV} instead.")
     return config
 
 
@@ -213,7 +304,7 @@ def _tf_config_roles(cluster: Any) -> dict[str, list[str]]:
             raise _tf_error(f"cluster.{role}={_shown(addresses)}; expected a list "
                             'of "host:port" strings in task index order.')
         for position, address in enumerate(addresses):
-            _check_address(f"TF_CONFIG cluster.{role}[{position}]", address)
+            _check_address(f"{TF_CONFIG_ENV} cluster.{role}[{position}]", address)
         if addresses:
             roles[role] = addresses
     if not roles.get("chief") and not roles.get("worker"):
@@ -253,7 +344,7 @@ def _tf_config_task(task: Any, roles: Mapping[str, list[str]]) -> tuple[str, int
 
 
 def _tf_error(what: str) -> EnvironmentConfigError:
-    return EnvironmentConfigError(f"TF_CONFIG {what}")
+    return EnvironmentConfigError(f"{TF_CONFIG_ENV} {what}")
 
 
 def _ps_error() -> EnvironmentConfigError:
@@ -279,18 +370,18 @@ def _shown(value: Any) -> str:
 
 
 def _from_indexed_job(env: Mapping[str, str]) -> Cluster:
-    raw_index = env["JOB_COMPLETION_INDEX"].strip()
-    index = _parse_int("JOB_COMPLETION_INDEX", raw_index, low=0)
-    raw_workers = env.get("TRAINJOB_WORKERS", "").strip()
+    raw_index = env[INDEX_ENV].strip()
+    index = _parse_int(INDEX_ENV, raw_index, low=0)
+    raw_workers = env.get(WORKERS_ENV, "").strip()
     if not raw_workers:
         raise EnvironmentConfigError(
-            f"JOB_COMPLETION_INDEX={raw_index} is set but TRAINJOB_WORKERS is not; expected the "
-            "number of workers in the Indexed Job (its completions). Set TRAINJOB_WORKERS.")
-    num_workers = _parse_int("TRAINJOB_WORKERS", raw_workers, low=1)
+            f"{INDEX_ENV}={raw_index} is set but {WORKERS_ENV} is not; expected the "
+            f"number of workers in the Indexed Job (its completions). Set {WORKERS_ENV}.")
+    num_workers = _parse_int(WORKERS_ENV, raw_workers, low=1)
     if index >= num_workers:
         raise EnvironmentConfigError(
-            f"JOB_COMPLETION_INDEX={index} is out of range for TRAINJOB_WORKERS={num_workers}; "
-            f"expected 0 to {num_workers - 1}. Make TRAINJOB_WORKERS equal the Job's "
+            f"{INDEX_ENV}={index} is out of range for {WORKERS_ENV}={num_workers}; "
+            f"expected 0 to {num_workers - 1}. Make {WORKERS_ENV} equal the Job's "
             "completions and parallelism.")
     addresses = _indexed_addresses(env, num_workers=num_workers)
     return Cluster(num_workers=num_workers, index=index, is_chief=index == 0,
@@ -299,36 +390,35 @@ def _from_indexed_job(env: Mapping[str, str]) -> Cluster:
 
 
 def _indexed_addresses(env: Mapping[str, str], *, num_workers: int) -> tuple[str, ...]:
-    hosts = env.get("TRAINJOB_WORKER_HOSTS", "").strip()
+    hosts = env.get(WORKER_HOSTS_ENV, "").strip()
     if hosts:
         entries = [entry.strip() for entry in hosts.split(",")]
         if len(entries) != num_workers:
             raise EnvironmentConfigError(
-                f"TRAINJOB_WORKER_HOSTS={hosts!r} has {len(entries)} entries but "
-                f"TRAINJOB_WORKERS={num_workers}; expected exactly one host:port per worker, "
+                f"{WORKER_HOSTS_ENV}={hosts!r} has {len(entries)} entries but "
+                f"{WORKERS_ENV}={num_workers}; expected exactly one host:port per worker, "
                 "comma-separated, in index order.")
         for position, entry in enumerate(entries):
-            _check_address(f"TRAINJOB_WORKER_HOSTS entry {position}", entry)
-        _check_distinct("TRAINJOB_WORKER_HOSTS", entries)
+            _check_address(f"{WORKER_HOSTS_ENV} entry {position}", entry)
+        _check_distinct(WORKER_HOSTS_ENV, entries)
         return tuple(entries)
     if num_workers == 1:
         return ()
-    names = ("TRAINJOB_JOB_NAME", "TRAINJOB_SERVICE", "TRAINJOB_PORT")
+    names = (JOB_NAME_ENV, SERVICE_ENV, PORT_ENV)
     missing = [name for name in names if not env.get(name, "").strip()]
     if missing:
         raise EnvironmentConfigError(
-            f"{', '.join(missing)} not set; with TRAINJOB_WORKERS={num_workers} and no "
-            "TRAINJOB_WORKER_HOSTS, worker i is reached at "
-            "{TRAINJOB_JOB_NAME}-{i}.{TRAINJOB_SERVICE}:{TRAINJOB_PORT}. Set all three (the "
-            "rendered manifests do), or list the workers in TRAINJOB_WORKER_HOSTS.")
+            f"{', '.join(missing)} not set; with {WORKERS_ENV}={num_workers} and no "
+            f"{WORKER_HOSTS_ENV}, worker i is reached at {JobDns.PATTERN}. Set all three (the "
+            f"rendered manifests do), or list the workers in {WORKER_HOSTS_ENV}.")
     job_name, service, raw_port = (env[name].strip() for name in names)
-    for name, value in (("TRAINJOB_JOB_NAME", job_name), ("TRAINJOB_SERVICE", service)):
+    for name, value in ((JOB_NAME_ENV, job_name), (SERVICE_ENV, service)):
         if re.search(r"[\s:/,]", value):
             raise EnvironmentConfigError(
                 f"{name}={value!r} contains a space, ':', '/' or ','; expected a DNS name "
                 "part such as 'shapes-abc12' or 'shapes-abc12-workers'.")
-    port = _parse_int("TRAINJOB_PORT", raw_port, low=PORT_RANGE[0], high=PORT_RANGE[1])
-    return tuple(f"{job_name}-{i}.{service}:{port}" for i in range(num_workers))
+    port = _parse_int(PORT_ENV, raw_port, low=PORT_RANGE[0], high=PORT_RANGE[1])
+    return JobDns(job_name=job_name, service=service, port=port).addresses(num_workers)
 
 
 # --- shared checks -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import yaml
 
 from job import sample_data
 from job import spec as spec_module
+from job.cluster import INDEX_ENV, TF_CONFIG_ENV, WORKERS_ENV
 
 DEMO_SPEC = {
     "name": "shapes",
@@ -53,5 +54,5 @@ def run_demo(*, out_dir: Path) -> int:
     spec = spec_module.load(spec_path)
     # The demo is one worker on this machine, whatever the shell's cluster variables say.
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "TRAINJOB_WORKERS")}
+           if k not in (TF_CONFIG_ENV, INDEX_ENV, WORKERS_ENV)}
     return run_worker(spec, run_id=spec.name, env=env)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
+from job.cluster import TF_CONFIG_ENV, indexed_job_env
 from job.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -84,6 +85,9 @@ def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
                ports: Sequence[int], run_id: str, cores: int | None = None) -> dict[str, str]:
     """The environment the cluster would give worker ``index`` of ``num_workers``.
 
+    The cluster variables are ``job.cluster.indexed_job_env``'s, with every worker's
+    address on this machine.
+
     Args:
         base_env: the launcher's environment; copied, never changed. Its TF_CONFIG is
             dropped, because TF_CONFIG would win over the variables set here.
@@ -103,20 +107,16 @@ def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
     if len(ports) != num_workers or not 0 <= index < num_workers:
         raise ValueError(f"worker_env: index={index} and {len(ports)} ports do not fit "
                          f"num_workers={num_workers}.")
-    env = {key: value for key, value in base_env.items() if key != "TF_CONFIG"}
+    env = {key: value for key, value in base_env.items() if key != TF_CONFIG_ENV}
     threads = str(max(1, (cores or available_cpus()) // num_workers))
     for name in THREAD_VARIABLES:
         env.setdefault(name, threads)
     # N processes on one GPU would each reserve all of its memory at start-up.
     env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    env.update({
-        "JOB_COMPLETION_INDEX": str(index),
-        "TRAINJOB_WORKERS": str(num_workers),
-        "TRAINJOB_WORKER_HOSTS": ",".join(f"{LOCALHOST}:{port}" for port in ports),
-        "TRAINJOB_RUN_ID": run_id,
-        # Lines reach the prefixer as they are printed, not when a buffer fills.
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(indexed_job_env(num_workers=num_workers, index=index, run_id=run_id,
+                               hosts=[f"{LOCALHOST}:{port}" for port in ports]))
+    # Lines reach the prefixer as they are printed, not when a buffer fills.
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

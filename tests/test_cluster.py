@@ -1,4 +1,6 @@
-"""cluster_from_env and tf_config_for, table-tested on the environments clusters really set."""
+"""cluster_from_env and tf_config_for, table-tested on the environments clusters really set,
+and indexed_job_env, the inverse the launcher and the manifests render, held to it by a round
+trip."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import json
 
 import pytest
 
-from job.cluster import Cluster, cluster_from_env, tf_config_for
+from job import cluster as cluster_module
+from job.cluster import Cluster, JobDns, cluster_from_env, indexed_job_env, tf_config_for
 from job.errors import EXIT_BAD_INPUT, EnvironmentConfigError
 
 
@@ -145,6 +148,67 @@ def test_cluster_rejects_inconsistent_construction():
     with pytest.raises(ValueError, match="index=2"):
         Cluster(num_workers=2, index=2, is_chief=False, worker_addresses=("a:1", "b:1"),
                 source="indexed_job", task_type="worker")
+
+
+# --- the inverse: indexed_job_env -------------------------------------------------------
+
+# shape -> the worker addresses cluster_from_env must read back from it
+ROUND_TRIP_SHAPES = {
+    "one worker, the launcher's host": (
+        {"num_workers": 1, "hosts": ["127.0.0.1:4001"]}, ()),
+    "one worker, the Indexed Job's DNS": (
+        {"num_workers": 1, "dns": JobDns("shapes-x1y2z", "shapes-x1y2z", 2222)}, ()),
+    "three workers, explicit hosts": (
+        {"num_workers": 3, "hosts": ["10.0.0.5:2222", "10.0.0.6:2222", "10.0.0.6:2223"]},
+        ("10.0.0.5:2222", "10.0.0.6:2222", "10.0.0.6:2223")),
+    "three workers, the Indexed Job's service DNS": (
+        {"num_workers": 3, "dns": JobDns("shapes-x1y2z", "shapes-x1y2z-workers", 2222)},
+        PATTERN_ADDRESSES),
+}
+
+
+@pytest.mark.parametrize("shape, addresses", ROUND_TRIP_SHAPES.values(), ids=ROUND_TRIP_SHAPES)
+def test_indexed_job_env_is_read_back_as_the_same_cluster(shape, addresses):
+    for index in range(shape["num_workers"]):
+        env = indexed_job_env(**shape, index=index, run_id="shapes-x1y2z")
+
+        assert cluster_from_env(env) == Cluster(
+            num_workers=shape["num_workers"], index=index, is_chief=index == 0,
+            worker_addresses=addresses, source="indexed_job", task_type="worker")
+        assert env["TRAINJOB_RUN_ID"] == "shapes-x1y2z"
+
+
+def test_indexed_job_env_without_an_index_leaves_it_to_the_job_controller():
+    env = indexed_job_env(num_workers=3, run_id="shapes-x1y2z",
+                          dns=JobDns("shapes-x1y2z", "shapes-x1y2z-workers", 2222))
+
+    assert "JOB_COMPLETION_INDEX" not in env  # a rendered copy would shadow the controller's
+    assert env == INDEXED | {"TRAINJOB_RUN_ID": "shapes-x1y2z"}
+    cluster = cluster_from_env({**env, "JOB_COMPLETION_INDEX": "2"})
+    assert (cluster.index, cluster.worker_addresses) == (2, PATTERN_ADDRESSES)
+
+
+def test_the_contract_keeps_the_variable_names_pods_and_users_rely_on():
+    names = {name: getattr(cluster_module, name) for name in dir(cluster_module)
+             if name.endswith("_ENV")}
+
+    assert names == {
+        "TF_CONFIG_ENV": "TF_CONFIG", "INDEX_ENV": "JOB_COMPLETION_INDEX",
+        "WORKERS_ENV": "TRAINJOB_WORKERS", "WORKER_HOSTS_ENV": "TRAINJOB_WORKER_HOSTS",
+        "JOB_NAME_ENV": "TRAINJOB_JOB_NAME", "SERVICE_ENV": "TRAINJOB_SERVICE",
+        "PORT_ENV": "TRAINJOB_PORT", "RUN_ID_ENV": "TRAINJOB_RUN_ID"}
+
+
+@pytest.mark.parametrize("arguments", [
+    {"num_workers": 2, "hosts": ["a:1", "b:1"], "dns": JobDns("j", "s", 1)},
+    {"num_workers": 2},
+    {"num_workers": 3, "hosts": ["a:1", "b:1"]},
+    {"num_workers": 2, "hosts": ["a:1", "b:1"], "index": 2},
+    {"num_workers": 0, "dns": JobDns("j", "s", 1)},
+], ids=["hosts and dns", "neither", "a host short", "index out of range", "no workers"])
+def test_indexed_job_env_refuses_arguments_that_are_not_one_cluster(arguments):
+    with pytest.raises(ValueError, match="do not describe one cluster"):
+        indexed_job_env(run_id="r", **arguments)
 
 
 def _raw(text: str) -> dict[str, str]:

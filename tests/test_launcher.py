@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from job.cluster import cluster_from_env
+from job.cluster import cluster_from_env, indexed_job_env
 from job.errors import EnvironmentConfigError, RunFailed
 from job.launcher import (
     classify,
@@ -183,6 +183,13 @@ def test_worker_env_is_read_back_by_cluster_discovery():
         assert (cluster.index, cluster.num_workers, cluster.is_chief) == (index, 3, index == 0)
         assert cluster.worker_addresses == ("127.0.0.1:5001", "127.0.0.1:5002",
                                             "127.0.0.1:5003")
+
+
+def test_worker_env_sets_the_env_contract_with_every_worker_on_this_machine():
+    env = worker_env({}, index=1, num_workers=2, ports=[4001, 4002], run_id="r-9", cores=4)
+
+    assert indexed_job_env(num_workers=2, index=1, run_id="r-9",
+                           hosts=["127.0.0.1:4001", "127.0.0.1:4002"]).items() <= env.items()
 
 
 def test_worker_env_refuses_ports_that_do_not_match_the_worker_count():

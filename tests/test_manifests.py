@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from job import spec as spec_module
+from job.cluster import JobDns, indexed_job_env
 from job.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -36,6 +37,7 @@ from job.errors import (
     SpecError,
 )
 from job.submit import manifests
+from job.submit.runs import RunRef
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "shapes.yaml"
@@ -272,6 +274,16 @@ def test_pod_environment_gives_cluster_from_env_every_worker(tmp_path):
     assert env["TRAINJOB_RUN_ID"] == "shapes-q9z2w"
 
 
+def test_pod_environment_is_the_env_contract_found_by_dns(tmp_path):
+    spec = load_spec(tmp_path, cluster={"workers": 3, "port": 2345},
+                     train={"global_batch_size": 96})
+    env = env_of(render(spec, run_id="shapes-q9z2w")["Job"])
+
+    contract = indexed_job_env(num_workers=3, run_id="shapes-q9z2w",
+                               dns=JobDns("shapes-q9z2w", "shapes-q9z2w", 2345))
+    assert contract.items() <= env.items()
+
+
 def test_container_runs_train_on_the_mounted_spec_with_the_run_id(tmp_path):
     docs = render(load_spec(tmp_path), run_id="shapes-q9z2w")
     container = container_of(docs["Job"])
@@ -367,6 +379,18 @@ def test_every_object_and_pod_carries_the_run_labels(tmp_path):
         assert labels["app.kubernetes.io/version"]
     components = {labels["app.kubernetes.io/component"] for labels in label_sets}
     assert len(components) == 4
+
+
+def test_the_commands_find_the_objects_under_the_names_rendered(tmp_path):
+    docs = render(load_spec(tmp_path), run_id="shapes-q9z2w")
+    run = RunRef(kube=None, namespace="default", run_id="shapes-q9z2w")
+
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs.values()}
+    assert {(o["kind"], o["metadata"]["name"]) for o in run.objects()} == rendered
+    assert ("ConfigMap", run.config_map) in rendered
+    (spec_volume,) = [v for v in pod_spec_of(docs["Job"])["volumes"] if "configMap" in v]
+    assert spec_volume["configMap"]["name"] == run.config_map
+    assert pod_spec_of(docs["Job"])["subdomain"] == manifests.service_name("shapes-q9z2w")
 
 
 def test_objects_are_named_for_the_run_in_the_spec_namespace(tmp_path):

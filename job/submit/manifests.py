@@ -1,21 +1,24 @@
 """Kubernetes manifests for one run: a spec ConfigMap, a headless Service and an Indexed Job.
 
-Owns: turning a ``Spec`` into plain manifest dicts (``render_manifests``), the pod's view of
-the spec (``pod_spec_dict``: paths rewritten for the volumes), run ids (``new_run_id``) and the
-multi-document YAML text (``to_yaml``). Everything here is pure: same input, same output.
+Owns: turning a ``Spec`` into plain manifest dicts (``render_manifests``), the names of a
+run's objects (``config_map_name``, ``job_name``, ``service_name``; the commands look them up
+by these), the pod's view of the spec (``pod_spec_dict``: paths rewritten for the volumes), run
+ids (``new_run_id``) and the multi-document YAML text (``to_yaml``). Everything here is pure:
+same input, same output.
 Never touches: the ``kubernetes`` package, the network, files, TensorFlow. Sending the
 manifests is ``job.submit.kube``'s job.
 
-What the pod sees (the environment contract, read by ``job.cluster.cluster_from_env``):
+What the pod sees:
 
-- the spec at ``/etc/trainjob/spec.yaml`` (from the ConfigMap ``<run id>-spec``);
+- the spec at ``/etc/trainjob/spec.yaml`` (from the ConfigMap ``config_map_name(run_id)``);
 - the command ``trainjob train /etc/trainjob/spec.yaml --run-id <run id>``;
-- ``TRAINJOB_WORKERS``, ``TRAINJOB_JOB_NAME``, ``TRAINJOB_SERVICE``, ``TRAINJOB_PORT`` and
-  ``TRAINJOB_RUN_ID``; ``JOB_COMPLETION_INDEX`` is injected by the Job controller itself for
-  Indexed Jobs, so it is deliberately not rendered (a rendered copy would shadow it);
-- worker ``i`` is reachable at ``<run id>-<i>.<run id>:<port>``: an Indexed Job names each
-  pod's hostname ``<job>-<index>`` and the headless Service (the pod's ``subdomain``) gives it
-  a DNS record.
+- the environment contract, rendered by ``job.cluster.indexed_job_env`` (whose inverse,
+  ``cluster_from_env``, the job reads) without the worker's index: the Job controller
+  injects that into every pod of an Indexed Job;
+- worker ``i`` is reachable at ``<run id>-<i>.<run id>:<port>`` (``job.cluster.JobDns``):
+  the Job and the headless Service are both named after the run (``job_name``,
+  ``service_name``), an Indexed Job names each pod's hostname ``<job>-<index>`` and the
+  Service (the pod's ``subdomain``) gives it a DNS record.
 
 Paths in the pod's spec (``pod_spec_dict``):
 
@@ -50,6 +53,7 @@ from typing import Any
 import yaml
 
 from job import __version__
+from job.cluster import JobDns, indexed_job_env
 from job.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_RETRYABLE, SpecError
 from job.names import POD_NAME_RESERVE, RUN_ID_MAX_LENGTH, check_run_id, excerpt, is_dns_label
 from job.spec import Spec
@@ -90,6 +94,21 @@ RUN_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 """Kubernetes' own generateName alphabet: no vowels, so no accidental words."""
 # POD_NAME_RESERVE and RUN_ID_MAX_LENGTH live in job.names with check_run_id, the one run-id
 # rule that train, local, render and submit share; they are re-exported here.
+
+
+def config_map_name(run_id: str) -> str:
+    """The run's ConfigMap, which holds its spec: ``<run id>-spec``."""
+    return f"{run_id}-spec"
+
+
+def job_name(run_id: str) -> str:
+    """The run's Indexed Job: the run id itself, so worker i's hostname is ``<run id>-<i>``."""
+    return run_id
+
+
+def service_name(run_id: str) -> str:
+    """The run's headless Service, every pod's DNS subdomain: the run id itself."""
+    return run_id
 
 
 def new_run_id(name: str) -> str:
@@ -290,7 +309,7 @@ def _config_map(spec: Spec, *, run_id: str, namespace: str, spec_text: str,
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": f"{run_id}-spec",
+            "name": config_map_name(run_id),
             "namespace": namespace,
             "labels": labels(spec, run_id=run_id, component="spec"),
             "annotations": {ANNOTATION_SPEC_SHA: spec_sha},
@@ -307,7 +326,7 @@ def _service(spec: Spec, *, run_id: str, namespace: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": run_id,
+            "name": service_name(run_id),
             "namespace": namespace,
             "labels": labels(spec, run_id=run_id, component="discovery"),
         },
@@ -365,7 +384,7 @@ def _job(spec: Spec, *, run_id: str, namespace: str, image: str,
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": run_id,
+            "name": job_name(run_id),
             "namespace": namespace,
             "labels": job_labels,
             "annotations": {ANNOTATION_SPEC_SHA: spec_sha},
@@ -378,7 +397,7 @@ def _pod_spec(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
     cluster = spec.cluster
     pod: dict[str, Any] = {
         # Pod hostname <run>-<i> + this subdomain = the DNS name peers dial.
-        "subdomain": run_id,
+        "subdomain": service_name(run_id),
         # Required by podFailurePolicy; restarts are the Job's decision, per pod.
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -438,12 +457,10 @@ def _container(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
 
 
 def _env(spec: Spec, *, run_id: str) -> list[dict[str, str]]:
+    dns = JobDns(job_name=job_name(run_id), service=service_name(run_id),
+                 port=spec.cluster.port)
     values = {
-        "TRAINJOB_WORKERS": str(spec.cluster.workers),
-        "TRAINJOB_JOB_NAME": run_id,
-        "TRAINJOB_SERVICE": run_id,
-        "TRAINJOB_PORT": str(spec.cluster.port),
-        "TRAINJOB_RUN_ID": run_id,
+        **indexed_job_env(num_workers=spec.cluster.workers, run_id=run_id, dns=dns),
         # The root filesystem is read-only: every tool's home and cache goes to /tmp.
         "HOME": TMP_MOUNT,
         "KERAS_HOME": f"{TMP_MOUNT}/.keras",
@@ -475,7 +492,7 @@ def _volumes(spec: Spec, *, run_id: str) -> list[dict[str, Any]]:
     cluster = spec.cluster
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {
-            "name": f"{run_id}-spec",
+            "name": config_map_name(run_id),
             "items": [{"key": SPEC_FILE_NAME, "path": SPEC_FILE_NAME}]}},
     ]
     if cluster.models_volume:
@@ -525,7 +542,7 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _ManifestDumper.add_representer(str, _represent_str)
 
 __all__ = [
-    "POD_NAME_RESERVE", "RUN_ID_MAX_LENGTH", "backoff_limit", "check_run_id", "labels",
-    "new_run_id", "pod_failure_policy",
+    "POD_NAME_RESERVE", "RUN_ID_MAX_LENGTH", "backoff_limit", "check_run_id", "config_map_name",
+    "job_name", "labels", "new_run_id", "pod_failure_policy", "service_name",
     "pod_spec_dict", "pod_spec_yaml", "render_manifests", "render_warnings", "to_yaml",
 ]

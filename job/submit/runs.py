@@ -77,7 +77,7 @@ class RunRef:
     @property
     def config_map(self) -> str:
         """The name of the ConfigMap that holds the run's spec, as the manifests name it."""
-        return f"{self.run_id}-spec"
+        return manifests.config_map_name(self.run_id)
 
     @property
     def selector(self) -> str:
@@ -94,7 +94,7 @@ class RunRef:
     def job(self) -> dict[str, Any]:
         """The run's Job. Raises ClusterError when there is no such run."""
         try:
-            return self.kube.get(self.namespace, "Job", self.run_id)
+            return self.kube.get(self.namespace, "Job", manifests.job_name(self.run_id))
         except NotFound:
             raise self.missing() from None
 
@@ -105,8 +105,8 @@ class RunRef:
 
     def objects(self) -> list[dict[str, Any]]:
         """The names of the run's objects, in deletion order: the Job (and its pods) first."""
-        return [{"kind": "Job", "metadata": {"name": self.run_id}},
-                {"kind": "Service", "metadata": {"name": self.run_id}},
+        return [{"kind": "Job", "metadata": {"name": manifests.job_name(self.run_id)}},
+                {"kind": "Service", "metadata": {"name": manifests.service_name(self.run_id)}},
                 {"kind": "ConfigMap", "metadata": {"name": self.config_map}}]
 
 
