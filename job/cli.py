@@ -17,7 +17,7 @@ from pathlib import Path
 
 from job import __version__
 from job.cluster import RUN_ID_ENV
-from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError
+from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError, exit_codes_summary
 
 
 def run() -> None:
@@ -67,8 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainjob",
         description="Train Keras image classifiers as distributed batch jobs on Kubernetes.",
-        epilog="Exit codes: 0 success, 1 run failed, 2 bad input, 75 retryable "
-               "(lost peer or preempted; restart resumes), 130 interrupted.")
+        epilog=f"Exit codes: {exit_codes_summary()}.")
     parser.add_argument("--version", action="version", version=f"trainjob {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

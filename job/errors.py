@@ -1,38 +1,90 @@
 """The exception family and the exit-code contract.
 
-Owns: every exception the CLI turns into one clear line, and the exit codes the
-launcher, the Kubernetes ``podFailurePolicy`` and users' scripts rely on.
+Owns: every exception the CLI turns into one clear line, and the one exit-code table,
+``EXIT_CODES``: what each code means and how it is treated (permanent, retryable,
+interrupted). The launcher's restart rule, the Kubernetes ``podFailurePolicy``, the
+submitter's status lines and the CLI's help all read it; users' scripts rely on it.
 Never touches: anything else (no imports from the rest of the package).
 
-Exit codes:
-
-====  ===========================================================================
- 0    success
- 1    the run failed (a bug, or a failure retrying would not fix)
- 2    bad input: spec, data, paths, environment, or a refused cluster request; also
-      storage that cannot take the run's files (read-only, full, a file in the way):
-      a restart would fail the same way until someone frees or fixes it
- 75   retryable: a peer was lost, or the worker was preempted (SIGTERM) after
-      saving a checkpoint. Restart the whole group; it resumes from the checkpoint.
- 130  interrupted by the user (Ctrl-C)
-====  ===========================================================================
+Example:
+    >>> exit_kind(EXIT_BAD_INPUT), describe_exit_code(EXIT_BAD_INPUT)
+    ('permanent', 'bad input, permanent')
+    >>> exit_codes_summary().split(", ")[:3]
+    ['0 success', '1 run failed', '2 bad input']
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 EXIT_OK = 0
 """The run (or command) succeeded."""
 EXIT_FAILED = 1
-"""The run failed for a reason a restart would not fix."""
+"""The run failed: a bug, or a failure a restart would not fix."""
 EXIT_BAD_INPUT = 2
-"""Bad spec, data, path, environment or cluster answer: permanent, never retried."""
+"""Bad input: spec, data, paths, environment, or a refused cluster request; also storage
+that cannot take the run's files (read-only, full, a file in the way): a restart would fail
+the same way until someone frees or fixes it. Permanent, never retried."""
 EXIT_RETRYABLE = 75
-"""EX_TEMPFAIL from sysexits.h: lost peer or preemption; restart the group to resume."""
+"""EX_TEMPFAIL from sysexits.h: a peer was lost, or the worker was preempted (SIGTERM) after
+saving a checkpoint. Restart the whole group; it resumes from the checkpoint."""
 EXIT_INTERRUPTED = 130
-"""128 + SIGINT, the shell convention for Ctrl-C."""
+"""128 + SIGINT, the shell convention for Ctrl-C: interrupted by the user."""
 
-PERMANENT_EXIT_CODES = (EXIT_FAILED, EXIT_BAD_INPUT)
-RETRYABLE_EXIT_CODES = (EXIT_RETRYABLE,)
+OK = "ok"
+"""The kind of the success code: done."""
+PERMANENT = "permanent"
+"""Fail the run at once: a restart would fail the same way."""
+RETRYABLE = "retryable"
+"""Restart the whole group (up to the restart budget); it resumes from the checkpoint."""
+INTERRUPTED = "interrupted"
+"""Stop, and never retry: the user asked for it."""
+EXIT_KINDS = (OK, PERMANENT, RETRYABLE, INTERRUPTED)
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One row of the exit-code table."""
+
+    code: int
+    meaning: str
+    """A few words, as the CLI's help and the submitter's status lines print them."""
+    kind: str
+    """One of EXIT_KINDS."""
+    when: str = ""
+    """When the code is used, if the meaning does not say: shown in the CLI's help."""
+
+
+EXIT_CODES = (
+    ExitCode(EXIT_OK, "success", OK),
+    ExitCode(EXIT_FAILED, "run failed", PERMANENT),
+    ExitCode(EXIT_BAD_INPUT, "bad input", PERMANENT),
+    ExitCode(EXIT_RETRYABLE, "retryable", RETRYABLE, "lost peer or preempted; restart resumes"),
+    ExitCode(EXIT_INTERRUPTED, "interrupted", INTERRUPTED),
+)
+"""Every exit code trainjob itself gives; any other code is not ours (a signal, a crash)."""
+PERMANENT_EXIT_CODES = tuple(row.code for row in EXIT_CODES if row.kind == PERMANENT)
+RETRYABLE_EXIT_CODES = tuple(row.code for row in EXIT_CODES if row.kind == RETRYABLE)
+
+
+def exit_kind(code: int) -> str | None:
+    """The kind (one of EXIT_KINDS) of one of our exit codes; None for any other code."""
+    return next((row.kind for row in EXIT_CODES if row.code == code), None)
+
+
+def describe_exit_code(code: int) -> str | None:
+    """``'bad input, permanent'``, ``'retryable'``...; None for a code that is not ours."""
+    row = next((row for row in EXIT_CODES if row.code == code), None)
+    if row is None:
+        return None
+    # Only "permanent" is not already said by the meaning's own words.
+    return f"{row.meaning}, {row.kind}" if row.kind == PERMANENT else row.meaning
+
+
+def exit_codes_summary() -> str:
+    """The whole table on one line, as ``trainjob --help`` ends."""
+    return ", ".join(f"{row.code} {row.meaning}" + (f" ({row.when})" if row.when else "")
+                     for row in EXIT_CODES)
 
 
 class TrainjobError(Exception):

@@ -3,13 +3,13 @@
 Owns: the worker environment and command line (pure ``worker_env`` and
 ``worker_command``), free ports, starting the workers in their own process groups,
 prefixing their log lines, and the group-restart loop with the same exit-code rules
-as the cluster:
+as the cluster (the kinds are those of the table ``job.errors.EXIT_CODES``):
 
 * every worker exits 0 -> 0;
-* a worker exits 1 or 2 (permanent) -> stop the others, return that code;
-* a worker exits 75, or is killed by a signal -> stop the others and start the
-  whole group again with fresh ports and the same run id, up to ``max_restarts``
-  times; then return 75;
+* a worker exits with a permanent code (1, 2) -> stop the others, return that code;
+* a worker exits with a retryable code (75), or is killed by a signal -> stop the
+  others and start the whole group again with fresh ports and the same run id, up to
+  ``max_restarts`` times; then return 75;
 * a worker exits 130 (interrupted) -> stop the others, return 130;
 * any other exit code is an unexplained failure -> stop the others, return 1;
 * Ctrl-C -> stop every worker, return 130; SIGTERM (as from a batch scheduler's
@@ -49,10 +49,13 @@ from job.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RETRYABLE,
-    PERMANENT_EXIT_CODES,
-    RETRYABLE_EXIT_CODES,
+    INTERRUPTED,
+    OK,
+    PERMANENT,
+    RETRYABLE,
     EnvironmentConfigError,
     RunFailed,
+    exit_kind,
 )
 from job.images import available_cpus
 
@@ -62,6 +65,8 @@ THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM
 oversubscribing them; a value the user already set is kept."""
 SIGNAL_EXIT_CODES = range(128 + 1, 128 + 65)
 """128+n: how a shell or container runtime reports a child killed by signal n (1..64)."""
+UNEXPLAINED = "unexplained"
+"""The kind of a code that is neither in ``job.errors.EXIT_CODES`` nor a signal's."""
 PREFIX = "trainjob local: "
 READER_JOIN_SECONDS = 5.0
 """Seconds to wait for a worker's output after its process group is killed: a process
@@ -123,23 +128,21 @@ def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
 def classify(returncode: int) -> str:
     """``ok``, ``permanent``, ``interrupted``, ``retryable`` or ``unexplained``.
 
-    A negative code (killed by a signal) or 128+n (a shell reporting signal n) is
-    retryable: the process was killed from outside, as by the OOM killer or a drain.
-    130 is the contract's "interrupted by the user", honoured rather than retried.
+    Our own codes are classified by the table in ``job.errors`` (so 130, the contract's
+    "interrupted by the user", is honoured rather than retried). Any other negative code
+    (killed by a signal) or 128+n (a shell reporting signal n) is retryable: the process
+    was killed from outside, as by the OOM killer or a drain.
 
     Example:
         >>> [classify(code) for code in (0, 2, 130, 75, -9, 137, 3)]
         ['ok', 'permanent', 'interrupted', 'retryable', 'retryable', 'retryable', 'unexplained']
     """
-    if returncode == EXIT_OK:
-        return "ok"
-    if returncode in PERMANENT_EXIT_CODES:
-        return "permanent"
-    if returncode == EXIT_INTERRUPTED:
-        return "interrupted"
-    if returncode in RETRYABLE_EXIT_CODES or returncode < 0 or returncode in SIGNAL_EXIT_CODES:
-        return "retryable"
-    return "unexplained"
+    kind = exit_kind(returncode)
+    if kind is not None:
+        return kind
+    if returncode < 0 or returncode in SIGNAL_EXIT_CODES:
+        return RETRYABLE
+    return UNEXPLAINED
 
 
 def describe_exit(returncode: int) -> str:
@@ -248,13 +251,10 @@ def _outcome(failure: _Exit | None, *, printer: _Printer, attempt: int,
         return EXIT_OK
     what = f"worker {failure.index} {describe_exit(failure.returncode)}"
     kind = classify(failure.returncode)
-    if kind == "permanent":
-        printer.line(f"{PREFIX}{what} (permanent); stopped the group")
+    if kind in (PERMANENT, INTERRUPTED):
+        printer.line(f"{PREFIX}{what} ({kind}); stopped the group")
         return failure.returncode
-    if kind == "interrupted":
-        printer.line(f"{PREFIX}{what} (interrupted); stopped the group")
-        return EXIT_INTERRUPTED
-    if kind == "unexplained":
+    if kind == UNEXPLAINED:
         printer.line(f"{PREFIX}{what} (not a trainjob exit code, treated as a permanent "
                      "failure); stopped the group")
         return EXIT_FAILED
@@ -347,9 +347,9 @@ class _Group:
                     break
             for event in batch:
                 self.returncodes[event.index] = event.returncode
-            failures = [e for e in batch if classify(e.returncode) != "ok"]
+            failures = [e for e in batch if classify(e.returncode) != OK]
             if failures:
-                return min(failures, key=lambda e: classify(e.returncode) == "retryable")
+                return min(failures, key=lambda e: classify(e.returncode) == RETRYABLE)
         return None
 
     def stop(self, *, grace_seconds: float) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from job.cluster import cluster_from_env, indexed_job_env
-from job.errors import EnvironmentConfigError, RunFailed
+from job.errors import EXIT_CODES, EnvironmentConfigError, RunFailed
 from job.launcher import (
     classify,
     describe_exit,
@@ -212,6 +212,11 @@ def test_worker_env_refuses_ports_that_do_not_match_the_worker_count():
 def test_exit_codes_follow_the_cluster_contract(returncode, kind, description):
     assert classify(returncode) == kind
     assert describe_exit(returncode) == description
+
+
+@pytest.mark.parametrize("row", EXIT_CODES, ids=lambda row: str(row.code))
+def test_the_launcher_treats_each_code_of_the_exit_table_as_its_kind(row):
+    assert classify(row.code) == row.kind
 
 
 def test_free_ports_are_distinct_and_bindable():

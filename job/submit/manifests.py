@@ -54,7 +54,7 @@ import yaml
 
 from job import __version__
 from job.cluster import JobDns, indexed_job_env
-from job.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_RETRYABLE, SpecError
+from job.errors import PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES, SpecError
 from job.names import POD_NAME_RESERVE, RUN_ID_MAX_LENGTH, check_run_id, excerpt, is_dns_label
 from job.spec import Spec
 
@@ -262,7 +262,7 @@ def backoff_limit(*, max_restarts: int, workers: int) -> int:
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    """How the Job treats a failed pod, mapping the exit-code contract of ``job.errors``.
+    """How the Job treats a failed pod, mapping the exit-code table ``job.errors.EXIT_CODES``.
 
     Rules apply in order, first match wins:
 
@@ -271,10 +271,11 @@ def pod_failure_policy() -> dict[str, Any]:
        with a permanent-looking code mid-shutdown; but it counts toward backoffLimit, so a
        cluster that keeps preempting the run cannot restart it forever. (``status: "True"``
        is spelled out: the strict 1.31 schema requires it.)
-    2. Exit 1 or 2 (run failed, bad input): FailJob at once; a restart would fail the same way.
-    3. Exit 75 (lost peer, or preempted after a checkpoint): Count; the group restarts and
-       resumes from the checkpoint. Listed although Count is the default, so the contract
-       is readable here.
+    2. A permanent code (1 run failed, 2 bad input): FailJob at once; a restart would fail the
+       same way.
+    3. A retryable code (75: lost peer, or preempted after a checkpoint): Count; the group
+       restarts and resumes from the checkpoint. Listed although Count is the default, so
+       the contract is readable here.
 
     Any other failure (OOMKilled, a signal) is counted by the default rule.
     """
@@ -283,10 +284,10 @@ def pod_failure_policy() -> dict[str, Any]:
          "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         {"action": "FailJob",
          "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
-                         "values": sorted((EXIT_FAILED, EXIT_BAD_INPUT))}},
+                         "values": sorted(PERMANENT_EXIT_CODES)}},
         {"action": "Count",
          "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
-                         "values": [EXIT_RETRYABLE]}},
+                         "values": sorted(RETRYABLE_EXIT_CODES)}},
     ]}
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from job.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_RETRYABLE
+from job.errors import EXIT_OK, PERMANENT_EXIT_CODES, describe_exit_code
 from job.submit import manifests
 
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -185,18 +185,21 @@ def current_pods(state: RunState) -> dict[int, PodView]:
 def failed_pod(state: RunState) -> PodView | None:
     """The pod to blame for a failed run: a permanent exit code first, else the latest failure."""
     failed = [p for p in state.pods if p.phase == "Failed"]
-    permanent = [p for p in failed if p.exit_code in (EXIT_FAILED, EXIT_BAD_INPUT)]
+    permanent = [p for p in failed if p.exit_code in PERMANENT_EXIT_CODES]
     return (permanent or failed or [None])[-1]
 
 
 def why_failed(pod: PodView) -> str:
-    """'exit 75, retryable', 'exit 2, bad input', 'preempted', 'exit 137, OOMKilled'."""
+    """'exit 75, retryable', 'exit 2, bad input, permanent', 'preempted', 'exit 137, OOMKilled'.
+
+    Our exit codes are named by the table in ``job.errors``; a failed pod that exited 0 was
+    stopped from outside, so its reason says more than 'success'.
+    """
     if pod.disrupted:
         return "preempted or evicted" + (f", exit {pod.exit_code}" if pod.exit_code else "")
     if pod.exit_code is None:
         return pod.reason or "failed"
-    meaning = {EXIT_FAILED: "failed, permanent", EXIT_BAD_INPUT: "bad input, permanent",
-               EXIT_RETRYABLE: "retryable", EXIT_INTERRUPTED: "interrupted"}.get(pod.exit_code)
+    meaning = describe_exit_code(pod.exit_code) if pod.exit_code != EXIT_OK else None
     if meaning is None or pod.reason not in (None, "Error", "Completed"):
         meaning = pod.reason or "killed"
     return f"exit {pod.exit_code}, {meaning}"
