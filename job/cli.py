@@ -227,19 +227,20 @@ def _submit(args: argparse.Namespace) -> int:
     from job.submit import runs
 
     spec = spec_module.load(args.spec)
-    return runs.submit(spec, image=args.image, namespace=args.namespace, context=args.context,
-                       run_id=_run_id(args, default=None), wait=not args.no_wait,
-                       follow=args.follow)
+    options = runs.SubmitOptions(image=args.image, run_id=_run_id(args, default=None),
+                                 wait=not args.no_wait, follow=args.follow)
+    return runs.submit(spec, options=options,
+                       target=runs.Target(namespace=args.namespace, context=args.context))
 
 
 def _run_command(args: argparse.Namespace) -> int:
     from job.submit import runs
 
+    target = runs.Target(namespace=args.namespace, context=args.context)
     if args.command == "status":
-        return runs.status(args.run_id, namespace=args.namespace, context=args.context)
+        return runs.status(args.run_id, target=target)
     if args.command == "cancel":
-        return runs.cancel(args.run_id, namespace=args.namespace, context=args.context)
+        return runs.cancel(args.run_id, target=target)
     if args.command == "logs":
-        return runs.logs(args.run_id, namespace=args.namespace, context=args.context,
-                         follow=args.follow, worker=args.worker)
-    return runs.list_runs(namespace=args.namespace, context=args.context)
+        return runs.logs(args.run_id, follow=args.follow, worker=args.worker, target=target)
+    return runs.list_runs(target=target)

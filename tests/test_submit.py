@@ -96,11 +96,14 @@ def client(fake: FakeKube, *, namespace: str = NAMESPACE, **options) -> Kube:
     return Kube(fake.configuration(), default_namespace=namespace, **options)
 
 
-def submit(spec, fake: FakeKube, **options) -> tuple[int, list[str]]:
-    out = io.StringIO()
-    options = {"run_id": RUN, "out": out, "kube": client(fake), **options}
+def submit(spec, fake: FakeKube, *, namespace: str | None = None, kube: Kube | None = None,
+           out: io.StringIO | None = None, **options) -> tuple[int, list[str]]:
+    """``runs.submit`` as run ``RUN`` on ``fake``; ``options`` are ``runs.SubmitOptions``."""
+    out = out or io.StringIO()
+    target = runs.Target(namespace=namespace, kube=kube or client(fake))
     try:
-        code = runs.submit(spec, **options)
+        code = runs.submit(spec, options=runs.SubmitOptions(**{"run_id": RUN, **options}),
+                           target=target, out=out)
     finally:
         lines = out.getvalue().splitlines()
     return code, lines
@@ -330,7 +333,7 @@ def test_cancel_deletes_the_job_its_pods_the_service_and_the_configmap(spec, clu
     fake.wait_for(lambda: len(fake.objects("pods")) == 2)
 
     out = io.StringIO()
-    assert runs.cancel(RUN, out=out, kube=client(fake)) == 0
+    assert runs.cancel(RUN, out=out, target=runs.Target(kube=client(fake))) == 0
 
     assert run_objects(fake) == NOTHING
     assert out.getvalue().startswith(f"cancelled run {RUN}: deleted Job {RUN}, Service {RUN}, "
@@ -338,7 +341,7 @@ def test_cancel_deletes_the_job_its_pods_the_service_and_the_configmap(spec, clu
     deletes = [q for m, _, q in fake.requests if m == "DELETE"]
     assert deletes and all(q == "" for q in deletes)  # propagation went in the body
     with pytest.raises(ClusterError, match=f"^no run named '{RUN}' in namespace 'ml'"):
-        runs.cancel(RUN, out=out, kube=client(fake))
+        runs.cancel(RUN, out=out, target=runs.Target(kube=client(fake)))
 
 
 def test_status_list_and_logs_describe_a_finished_run(spec, cluster):
@@ -348,7 +351,7 @@ def test_status_list_and_logs_describe_a_finished_run(spec, cluster):
     kube = client(fake)
 
     out = io.StringIO()
-    assert runs.status(RUN, out=out, kube=kube) == 0
+    assert runs.status(RUN, out=out, target=runs.Target(kube=kube)) == 0
     summary = out.getvalue().splitlines()
     assert summary[0] == f"run:     {RUN} (namespace ml)"
     assert summary[1] == "state:   succeeded"
@@ -359,27 +362,28 @@ def test_status_list_and_logs_describe_a_finished_run(spec, cluster):
         summary[5].endswith("exit 75, retryable")
 
     out = io.StringIO()
-    assert runs.list_runs(out=out, kube=kube) == 0
+    assert runs.list_runs(out=out, target=runs.Target(kube=kube)) == 0
     table = [line.split() for line in out.getvalue().splitlines()]
     assert table[0] == ["RUN", "STATE", "WORKERS", "RUNNING", "SUCCEEDED", "FAILED", "AGE"]
     assert table[1][:6] == [RUN, "succeeded", "2", "0", "1", "1"]
 
     out = io.StringIO()
-    assert runs.logs(RUN, worker=0, out=out, kube=kube) == 0
+    assert runs.logs(RUN, worker=0, out=out, target=runs.Target(kube=kube)) == 0
     assert out.getvalue() == "epoch 1\ndone\n"
     out = io.StringIO()
-    assert runs.logs(RUN, worker=0, follow=True, out=out, kube=kube) == 0
+    assert runs.logs(RUN, worker=0, follow=True, out=out, target=runs.Target(kube=kube)) == 0
     assert out.getvalue() == "epoch 1\ndone\n"
     with pytest.raises(ClusterError, match="--worker 2 is out of range: run .* has workers 0 "
                                            "to 1"):
-        runs.logs(RUN, worker=2, out=out, kube=kube)
+        runs.logs(RUN, worker=2, out=out, target=runs.Target(kube=kube))
     with pytest.raises(ClusterError, match="^no run named 'other' in namespace 'ml'"):
-        runs.status("other", out=out, kube=kube)
+        runs.status("other", out=out, target=runs.Target(kube=kube))
 
 
 def test_list_says_so_when_there_are_no_runs(cluster):
     out = io.StringIO()
-    assert runs.list_runs(namespace="default", out=out, kube=client(cluster())) == 0
+    target = runs.Target(namespace="default", kube=client(cluster()))
+    assert runs.list_runs(out=out, target=target) == 0
     assert out.getvalue() == "no trainjob runs in namespace 'default'\n"
 
 
@@ -405,16 +409,16 @@ def test_rbac_role_grants_exactly_what_the_submitter_uses(spec_path, cluster):
     assert code == 0
     assert "[worker 0] done" in lines and lines[-1].startswith("model: ")
     out = io.StringIO()
-    assert runs.status(RUN, out=out, kube=kube) == 0
+    assert runs.status(RUN, out=out, target=runs.Target(kube=kube)) == 0
     assert "state:   succeeded" in out.getvalue()
     out = io.StringIO()
-    assert runs.list_runs(out=out, kube=kube) == 0
+    assert runs.list_runs(out=out, target=runs.Target(kube=kube)) == 0
     assert RUN in out.getvalue()
     for follow in (False, True):
         out = io.StringIO()
-        assert runs.logs(RUN, follow=follow, out=out, kube=kube) == 0
+        assert runs.logs(RUN, follow=follow, out=out, target=runs.Target(kube=kube)) == 0
         assert out.getvalue() == "epoch 1\ndone\n"
-    assert runs.cancel(RUN, out=io.StringIO(), kube=kube) == 0
+    assert runs.cancel(RUN, out=io.StringIO(), target=runs.Target(kube=kube)) == 0
     assert run_objects(good, rbac.namespace) == NOTHING
 
     bad = rbac_cluster(cluster, rbac, {0: [Attempt(hold=True)],

@@ -3,14 +3,16 @@
 Owns: the submitter's flows and what they print. The story of ``submit``: check the namespace
 and volumes, create the ConfigMap, Service and Job (all or none), then watch pod and Job
 events until the Job ends, printing one status line per change and the chief's log, and
-finally where the model is, or which pod failed and why. ``RunRef``, the run every command
-opens: its cluster, its namespace and the commands to paste for it.
+finally where the model is, or which pod failed and why. ``Target``, the cluster and namespace
+a command was pointed at; ``RunRef``, the run every command opens: its cluster, its namespace
+and the commands to paste for it.
 Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door),
 manifest building (``job.submit.manifests``), turning events into state and lines
 (``job.submit.state``), the threads that follow a run (``job.submit.follow``).
 
 Example:
-    >>> submit(load("examples/shapes.yaml"), image="ghcr.io/me/trainjob:1")  # doctest: +SKIP
+    >>> submit(load("examples/shapes.yaml"),  # doctest: +SKIP
+    ...        options=SubmitOptions(image="ghcr.io/me/trainjob:1"))
     submitted run shapes-x7k2p to namespace 'default' ...
     pending: 0/2 running (worker 1: Unschedulable: 0/3 nodes are available: ...)
     running: 2/2 workers
@@ -22,7 +24,7 @@ from __future__ import annotations
 import datetime
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 import yaml
@@ -57,6 +59,41 @@ LOG_DRAIN_SECONDS = 30.0
 
 
 # --- the run every command opens --------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """The cluster and namespace a command talks to, as the user chose them (--context, -n)."""
+
+    namespace: str | None = None
+    """None: the kubeconfig context's namespace (``submit``: cluster.namespace first)."""
+    context: str | None = None
+    """The kubeconfig context; None: the current one."""
+    kube: Kube | None = None
+    """A connected client; None: connect from the kubeconfig (tests pass their own)."""
+
+    def connect(self) -> tuple[Kube, str]:
+        """The cluster (from the kubeconfig unless given) and the namespace (else the context's)."""
+        return _connect(self.kube, namespace=self.namespace, context=self.context)
+
+    def run(self, run_id: str) -> RunRef:
+        """The run ``run_id`` on this cluster, connected."""
+        return RunRef.open(run_id, namespace=self.namespace, context=self.context,
+                           kube=self.kube)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How ``submit`` creates a run and what it shows (``trainjob submit``'s flags)."""
+
+    image: str | None = None
+    """Overrides cluster.image; None: the spec's."""
+    run_id: str | None = None
+    """None: ``<name>-<5 random characters>``, new for every submit."""
+    wait: bool = True
+    """Watch until the Job ends; False prints the run id and returns at once."""
+    follow: bool = True
+    """Stream the chief's log while watching: the run's progress, as ``trainjob local`` shows."""
+
+
 @dataclass(frozen=True)
 class RunRef:
     """One run on one cluster: where it is, and how to name it in a ready-to-paste command."""
@@ -139,22 +176,16 @@ def _delete(run: RunRef, docs: Iterable[Mapping[str, Any]], *,
 
 
 # --- submit: the story of one run ------------------------------------------------------------
-def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None,
-           context: str | None = None, run_id: str | None = None, wait: bool = True,
-           follow: bool = True, out: TextIO | None = None, kube: Kube | None = None,
-           stdin: TextIO | None = None) -> int:
-    """Create a run on the cluster and, unless ``wait`` is False, watch it to the end.
+def submit(spec: Spec, *, options: SubmitOptions | None = None, target: Target | None = None,
+           out: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    """Create a run on the cluster and, unless ``options.wait`` is False, watch it to the end.
 
     Args:
         spec: the loaded spec.
-        image: overrides cluster.image.
-        namespace: overrides cluster.namespace.
-        context: kubeconfig context.
-        run_id: default: ``<name>-<5 random characters>``.
-        wait: watch until the Job ends; False prints the run id and returns at once.
-        follow: stream the chief's log while watching.
-        out, kube, stdin: the terminal (default: sys.stdout and sys.stdin) and the cluster
-            (default: from the kubeconfig); tests pass their own.
+        options: image, run id, wait and follow (default: ``SubmitOptions()``).
+        target: the cluster; its namespace overrides cluster.namespace (default: the
+            kubeconfig's current context).
+        out, stdin: the terminal (default: sys.stdout and sys.stdin); tests pass their own.
 
     Returns:
         0 when the run succeeded (or was submitted with ``wait=False``); 130 on Ctrl-C.
@@ -163,24 +194,27 @@ def submit(spec: Spec, *, image: str | None = None, namespace: str | None = None
         JobFailed: the Job failed; the failed pod, its exit code and log tail are printed.
         ClusterError: the cluster refused a request or could not be reached.
     """
-    namespace = namespace or spec.cluster.namespace
-    run_id = run_id or manifests.new_run_id(spec.name)
-    docs = manifests.render_manifests(spec, run_id=run_id, image=image, namespace=namespace)
+    options, target = options or SubmitOptions(), target or Target()
+    namespace = target.namespace or spec.cluster.namespace
+    run_id = options.run_id or manifests.new_run_id(spec.name)
+    docs = manifests.render_manifests(spec, run_id=run_id, image=options.image,
+                                      namespace=namespace)
     terminal = Terminal(out or sys.stdout, stdin=sys.stdin if stdin is None else stdin)
     for warning in manifests.render_warnings(spec):
         terminal.status(f"warning: {warning}")
-    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    run = replace(target, namespace=namespace).run(run_id)
     _check_prerequisites(run, spec, terminal)
     _create_all(run, docs)
     objects = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in docs)
     terminal.status(f"submitted run {run_id} to namespace {namespace!r} ({objects})")
     terminal.status(f"  status: {run.hint('status')}\n  logs:   {run.hint('logs', '-f')}\n"
                     f"  cancel: {run.hint('cancel')}")
-    if not wait:
+    if not options.wait:
         return EXIT_OK
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
-    return _watch_run(run, workers=spec.cluster.workers, follow=follow, terminal=terminal,
+    return _watch_run(run, workers=spec.cluster.workers, follow=options.follow,
+                      terminal=terminal,
                       model=model_location(pod_spec, run_id=run_id))
 
 
@@ -301,14 +335,13 @@ def _interrupted(run: RunRef, terminal: Terminal) -> int:
 
 
 # --- status, logs, cancel, list ---------------------------------------------------------------
-def status(run_id: str, *, namespace: str | None = None, context: str | None = None,
-           out: TextIO | None = None, kube: Kube | None = None) -> int:
+def status(run_id: str, *, target: Target | None = None, out: TextIO | None = None) -> int:
     """Print one summary of a run: state, workers, age, and where the model is.
 
     Raises:
         ClusterError: no run by that id in the namespace.
     """
-    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    run = (target or Target()).run(run_id)
     job = run.job()
     pods, _ = run.kube.list(run.namespace, "Pod", selector=run.selector)
     workers = (job.get("spec") or {}).get("completions") or 1
@@ -347,15 +380,14 @@ def _model(run: RunRef) -> str:
         return f"unknown: the run's ConfigMap {run.config_map} is missing or unreadable"
 
 
-def logs(run_id: str, *, namespace: str | None = None, context: str | None = None,
-         follow: bool = False, worker: int = 0, out: TextIO | None = None,
-         kube: Kube | None = None) -> int:
+def logs(run_id: str, *, follow: bool = False, worker: int = 0, target: Target | None = None,
+         out: TextIO | None = None) -> int:
     """Print the log of one worker's current pod (the chief by default).
 
     Raises:
         ClusterError: no such run, worker index out of range, or no pod for it yet.
     """
-    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    run = (target or Target()).run(run_id)
     out = out or sys.stdout
     workers = (run.job().get("spec") or {}).get("completions") or 1
     if not 0 <= worker < workers:
@@ -378,14 +410,13 @@ def logs(run_id: str, *, namespace: str | None = None, context: str | None = Non
     return EXIT_OK
 
 
-def cancel(run_id: str, *, namespace: str | None = None, context: str | None = None,
-           out: TextIO | None = None, kube: Kube | None = None) -> int:
+def cancel(run_id: str, *, target: Target | None = None, out: TextIO | None = None) -> int:
     """Delete a run's Job (its pods go with it), Service and ConfigMap; keep its outputs.
 
     Raises:
         ClusterError: none of the run's objects exist, or a delete was refused.
     """
-    run = RunRef.open(run_id, namespace=namespace, context=context, kube=kube)
+    run = (target or Target()).run(run_id)
     deleted, refused = _delete(run, run.objects(), propagation="Foreground")
     if refused:
         raise ClusterError(str(next(iter(refused.values()))))
@@ -397,10 +428,9 @@ def cancel(run_id: str, *, namespace: str | None = None, context: str | None = N
     return EXIT_OK
 
 
-def list_runs(*, namespace: str | None = None, context: str | None = None,
-              out: TextIO | None = None, kube: Kube | None = None) -> int:
+def list_runs(*, target: Target | None = None, out: TextIO | None = None) -> int:
     """Print a table of the runs in the namespace, newest first."""
-    kube, namespace = _connect(kube, namespace=namespace, context=context)
+    kube, namespace = (target or Target()).connect()
     out = out or sys.stdout
     jobs, _ = kube.list(namespace, "Job", selector=manifests.LABEL_RUN_ID)
     if not jobs:
