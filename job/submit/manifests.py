@@ -2,9 +2,10 @@
 
 Owns: turning a ``Spec`` into plain manifest dicts (``render_manifests``), the names of a
 run's objects (``config_map_name``, ``job_name``, ``service_name``; the commands look them up
-by these), the pod's view of the spec (``pod_spec_dict``: paths rewritten for the volumes), run
-ids (``new_run_id``) and the multi-document YAML text (``to_yaml``). Everything here is pure:
-same input, same output.
+by these), run ids (``new_run_id``) and the multi-document YAML text (``to_yaml``). The pod's
+view of the spec (``pod_spec_dict``: paths rewritten for the volumes) lives in
+``job.submit.pod_spec`` and the pods' security profile in ``job.submit.pods``; both are
+re-exported here. Everything here is pure: same input, same output.
 Never touches: the ``kubernetes`` package, the network, files, TensorFlow. Sending the
 manifests is ``job.submit.kube``'s job.
 
@@ -20,7 +21,7 @@ What the pod sees:
   ``service_name``), an Indexed Job names each pod's hostname ``<job>-<index>`` and the
   Service (the pod's ``subdomain``) gives it a DNS record.
 
-Paths in the pod's spec (``pod_spec_dict``):
+Paths in the pod's spec (``pod_spec_dict``, in ``job.submit.pod_spec``):
 
 - ``output.dir`` becomes ``cluster.models_volume.mount``, unless it already lies under that
   mount. Without a models volume it becomes ``/models`` on an ``emptyDir``: the run works but
@@ -45,9 +46,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -57,6 +56,8 @@ from job.cluster import JobDns, indexed_job_env
 from job.errors import PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES, SpecError
 from job.names import POD_NAME_RESERVE, RUN_ID_MAX_LENGTH, check_run_id, excerpt, is_dns_label
 from job.spec import Spec
+from job.submit.pod_spec import EMPTYDIR_MODELS_MOUNT, pod_spec_dict, pod_spec_yaml
+from job.submit.pods import RUN_USER_ID, container_security_context, pod_security_context
 
 CONTAINER_NAME = "trainjob"
 """The training container's name; podFailurePolicy exit-code rules refer to it."""
@@ -66,8 +67,6 @@ SPEC_FILE_NAME = "spec.yaml"
 """Key in the ConfigMap and file name in SPEC_MOUNT_DIR."""
 POD_SPEC_PATH = f"{SPEC_MOUNT_DIR}/{SPEC_FILE_NAME}"
 """The spec path the training command reads inside the pod."""
-EMPTYDIR_MODELS_MOUNT = "/models"
-"""output.dir when cluster.models_volume is null: an emptyDir, deleted with the pod."""
 TMP_MOUNT = "/tmp"
 """emptyDir for scratch files and HOME: the root filesystem is read-only."""
 SHM_MOUNT = "/dev/shm"
@@ -76,8 +75,6 @@ TERMINATION_GRACE_SECONDS = 120
 """Seconds between SIGTERM and SIGKILL: time for a worker to save a checkpoint and exit 75."""
 PORT_NAME = "collective"
 """Name of the worker port on the container and the Service (at most 15 characters)."""
-RUN_USER_ID = 1000
-"""uid/gid the pod runs as: the image's non-root user, and the group owning the volumes."""
 
 LABEL_RUN_ID = "trainjob.dev/run-id"
 """On every object of a run: the submitter finds a run's objects with this label."""
@@ -191,51 +188,6 @@ def render_warnings(spec: Spec) -> list[str]:
             "cluster.data_volume is not set: data paths are used as written and must exist "
             "inside the image; set cluster.data_volume to the PVC holding the images.")
     return lines
-
-
-def pod_spec_dict(spec: Spec, *, image: str, namespace: str | None = None) -> dict[str, Any]:
-    """The spec as the pod must see it: ``spec.to_dict()`` with paths rewritten for the volumes.
-
-    The rules are in the module docstring. ``image`` and ``namespace`` record the values the
-    run was rendered with.
-    """
-    cluster = spec.cluster
-    data_mount = cluster.data_volume.mount if cluster.data_volume else None
-    models_mount = cluster.models_volume.mount if cluster.models_volume \
-        else EMPTYDIR_MODELS_MOUNT
-    mounts = [m for m in (data_mount, models_mount) if m]
-    writable = [models_mount]
-    if cluster.data_volume and not cluster.data_volume.read_only:
-        writable.append(data_mount)
-
-    def data_path(path: Path | None) -> str | None:
-        if path is None:
-            return None
-        if data_mount is None or _under_any(path, mounts):
-            return str(path)
-        return str(_rebase(path, base_dir=spec.base_dir, mount=data_mount))
-
-    out = spec.to_dict()
-    out["data"]["train_dir"] = data_path(spec.data.train_dir)
-    out["data"]["val_dir"] = data_path(spec.data.val_dir)
-    out["data"]["test_dir"] = data_path(spec.data.test_dir)
-    cache_dir = spec.data.cache_dir
-    out["data"]["cache_dir"] = str(cache_dir) \
-        if cache_dir is not None and _under_any(cache_dir, writable) else None
-    out["model"]["weights"] = data_path(spec.model.weights)
-    out["output"]["dir"] = str(spec.output.dir) \
-        if _under_any(spec.output.dir, [models_mount]) else models_mount
-    out["cluster"]["image"] = image
-    out["cluster"]["namespace"] = namespace or cluster.namespace
-    return out
-
-
-def pod_spec_yaml(spec: Spec, *, run_id: str, image: str, namespace: str | None = None) -> str:
-    """The text of ``spec.yaml`` in the run's ConfigMap."""
-    body = yaml.safe_dump(pod_spec_dict(spec, image=image, namespace=namespace),
-                          sort_keys=False, default_flow_style=False, width=1000)
-    return (f"# Spec of run {run_id}, rendered by trainjob {__version__} for the pod:\n"
-            "# paths point into the pod's volumes.\n" + body)
 
 
 def to_yaml(docs: list[dict[str, Any]]) -> str:
@@ -406,15 +358,8 @@ def _pod_spec(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         # No <SERVICE>_PORT variables from every Service in the namespace.
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_USER_ID,
-            "runAsGroup": RUN_USER_ID,
-            "fsGroup": RUN_USER_ID,
-            # Chown a big data volume once, not at every pod start.
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        # The restricted profile, shared with the pull pod (job.submit.pods).
+        "securityContext": pod_security_context(),
         "containers": [_container(spec, run_id=run_id, image=image)],
         "volumes": _volumes(spec, run_id=run_id),
     }
@@ -449,11 +394,7 @@ def _container(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
         "volumeMounts": _volume_mounts(spec),
         # When the log is gone, the pod status still holds the last lines of a failure.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
     }
 
 
@@ -513,21 +454,6 @@ def _volumes(spec: Spec, *, run_id: str) -> list[dict[str, Any]]:
     return volumes
 
 
-def _under_any(path: Path | str, roots: list[str]) -> bool:
-    pure = PurePosixPath(os.path.normpath(str(path)))
-    return any(pure == PurePosixPath(root) or PurePosixPath(root) in pure.parents
-               for root in roots)
-
-
-def _rebase(path: Path, *, base_dir: Path, mount: str) -> PurePosixPath:
-    """``path`` relative to ``base_dir``, re-rooted at ``mount``; '..' stops at the mount."""
-    relative = PurePosixPath(os.path.relpath(path, base_dir))
-    parts = list(relative.parts)
-    while parts and parts[0] == "..":
-        parts.pop(0)
-    return PurePosixPath(mount, *[p for p in parts if p != "."])
-
-
 class _ManifestDumper(yaml.SafeDumper):
     """Safe YAML with ``|`` blocks for multi-line strings and no anchors or aliases."""
 
@@ -543,7 +469,8 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _ManifestDumper.add_representer(str, _represent_str)
 
 __all__ = [
-    "POD_NAME_RESERVE", "RUN_ID_MAX_LENGTH", "backoff_limit", "check_run_id", "config_map_name",
-    "job_name", "labels", "new_run_id", "pod_failure_policy", "service_name",
-    "pod_spec_dict", "pod_spec_yaml", "render_manifests", "render_warnings", "to_yaml",
+    "EMPTYDIR_MODELS_MOUNT", "POD_NAME_RESERVE", "RUN_ID_MAX_LENGTH", "RUN_USER_ID",
+    "backoff_limit", "check_run_id", "config_map_name", "job_name", "labels", "new_run_id",
+    "pod_failure_policy", "service_name", "pod_spec_dict", "pod_spec_yaml", "render_manifests",
+    "render_warnings", "to_yaml",
 ]
