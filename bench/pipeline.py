@@ -1,7 +1,7 @@
 """P1 and P2: the input pipeline, first epoch and later epochs, in images per second.
 
 Owns: one pass of trainjob's input path (list the folder, ``job.data.decode``
-into the memory cache with one decoder per core, then ``job.data.train_batches``
+into the memory cache with one decoder per core, then ``job.pipeline.train_batches``
 for two epochs, as ``job.train`` streams them) and one pass of the reference
 (``keras.utils.image_dataset_from_directory`` on the same folder and size,
 iterated twice), each timed epoch by epoch in a fresh process
@@ -107,7 +107,7 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
 
 def trainjob_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> TwoEpochs:
     """trainjob's way: decode once into memory, then stream batches from the arrays."""
-    from job import data
+    from job import data, pipeline
     from job.spec import DataSpec
 
     spec = DataSpec(train_dir=folder, image_size=image_size, cache="memory", decode_workers=0)
@@ -116,8 +116,8 @@ def trainjob_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int)
         items = data.list_images(folder, key="data.train_dir")
         steps = data.steps_per_epoch(len(items), batch_size)
         decoded = data.decode(items, spec=spec, cache_dir=None, workers=spec.decode_workers)
-        batches = iter(data.train_batches(decoded, batch_size=batch_size, start_batch=0,
-                                          num_batches=2 * steps, seed=0, worker=0))
+        batches = iter(pipeline.train_batches(decoded, batch_size=batch_size, start_batch=0,
+                                              num_batches=2 * steps, seed=0, worker=0))
         return batches, steps, _count(batches, steps)
 
     (batches, steps, first_images), first_seconds = timed(first_epoch)

@@ -36,7 +36,8 @@ def run() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or code == EXIT_INTERRUPTED:
+        # Interrupted: decoder threads may still be busy; nothing is left to wait for.
         os._exit(code)
     raise SystemExit(code)
 

@@ -46,6 +46,12 @@ class Splits:
     val: ImageList
     test: ImageList | None
 
+    def describe(self) -> str:
+        """'240 train, 60 validation, 40 test images in 4 classes'."""
+        test = f", {len(self.test)} test" if self.test is not None else ""
+        return (f"{len(self.train)} train, {len(self.val)} validation{test} images in "
+                f"{len(self.class_names)} classes")
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -155,6 +161,18 @@ def _classes(names: list[str]) -> str:
 def shard(items: ImageList, *, index: int, num_workers: int) -> ImageList:
     """The files worker ``index`` of ``num_workers`` decodes: every N-th (shards differ by <= 1)."""
     return items.subset(np.arange(index, len(items), num_workers))
+
+
+def decode_shards(splits: Splits, *, spec: DataSpec, cache_dir: Path, index: int,
+                  num_workers: int) -> tuple[dict[str, ImageList], dict[str, Decoded]]:
+    """Worker ``index``'s shard of every split, and its decoded pixels (through the cache)."""
+    shards = {name: shard(items, index=index, num_workers=num_workers)
+              for name, items in (("train", splits.train), ("val", splits.val),
+                                  ("test", splits.test)) if items is not None}
+    decoded = {name: decode(items, spec=spec, cache_dir=cache_dir,
+                            workers=spec.decode_workers)
+               for name, items in shards.items()}
+    return shards, decoded
 
 
 def listing_digest(items: ImageList | None) -> dict[str, object] | None:
@@ -322,75 +340,12 @@ def _scan_split(items: ImageList, *, spec: DataSpec, bad: list[tuple[str, str]])
     return readable
 
 
-# --- the tf.data input path ------------------------------------------------------------
+# --- sizes of the input path (the batches themselves: job.pipeline) ---------------------
 
 
 def steps_per_epoch(num_train: int, global_batch_size: int) -> int:
     """Steps of one epoch: the same on every worker, computed from the listed (global) count."""
     return max(1, num_train // global_batch_size)
-
-
-def train_batches(decoded: Decoded, *, batch_size: int, start_batch: int, num_batches: int,
-                  seed: int, worker: int):
-    """Batches ``start_batch .. start_batch + num_batches`` of this worker's endless stream.
-
-    The stream is pass after pass over the shard, each pass a fresh permutation
-    drawn from (seed, worker, pass). It is a pure function of the batch number,
-    so a restart at any step sees exactly the batches it would have seen.
-    """
-    import tensorflow as tf
-
-    size = len(decoded.labels)
-    if size == 0:
-        raise DataError("this worker's training shard has no readable images; add images or "
-                        "use fewer workers.")
-    pixels, labels = decoded.pixels, decoded.labels
-
-    orders: dict[int, np.ndarray] = {}
-
-    def order(pass_number: int) -> np.ndarray:
-        if pass_number not in orders:
-            orders.clear()  # Only the current pass (and the next) is ever needed.
-            orders[pass_number] = np.random.default_rng([seed, worker, pass_number]).permutation(
-                size)
-        return orders[pass_number]
-
-    def generate(start, count):
-        for batch in range(int(start), int(start) + int(count)):
-            positions = np.arange(batch * batch_size, (batch + 1) * batch_size)
-            passes, offsets = np.divmod(positions, size)
-            indices = np.empty(batch_size, dtype=np.int64)
-            for pass_number in np.unique(passes):
-                mask = passes == pass_number
-                indices[mask] = order(int(pass_number))[offsets[mask]]
-            yield pixels[indices], labels[indices]
-
-    shape = (batch_size, *pixels.shape[1:])
-    dataset = tf.data.Dataset.from_generator(
-        generate, args=(start_batch, num_batches),
-        output_signature=(tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((batch_size,), tf.int32)))
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def eval_batches(decoded: Decoded, *, batch_size: int, num_batches: int):
-    """Fixed-order batches padded to ``num_batches`` with weight-0 examples.
-
-    Every worker must run the same number of evaluation steps (each is a
-    collective), whatever the size of its shard; padding carries weight 0 so it
-    never counts.
-    """
-    import tensorflow as tf
-
-    total = num_batches * batch_size
-    count = len(decoded.labels)
-    pixels = np.zeros((total, *decoded.pixels.shape[1:]), dtype=np.uint8)
-    labels = np.zeros((total,), dtype=np.int32)
-    weights = np.zeros((total,), dtype=np.float32)
-    pixels[:count] = decoded.pixels
-    labels[:count] = decoded.labels
-    weights[:count] = 1.0
-    dataset = tf.data.Dataset.from_tensor_slices((pixels, labels, weights))
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batch_count(num_items: int, *, num_workers: int, batch_size: int) -> int:

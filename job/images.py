@@ -39,12 +39,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -52,6 +53,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from job.errors import DataError
+from job.machine import available_cpus
 from job.spec import DataSpec
 
 # A truncated file must fail, not decode with a grey or black bottom half. This is
@@ -257,19 +259,6 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
     return pixels[:len(kept)], kept, bad
 
 
-def available_cpus(*, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity, capped by a container CPU limit.
-
-    In a Kubernetes pod the affinity is every core of the node, while the pod's
-    ``cpu`` limit is a cgroup quota; starting a process per node core would only
-    add memory and context switches.
-    """
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    limit = _cgroup_cpu_limit(cgroup_root)
-    return max(1, min(count, limit) if limit else count)
-
-
 # --- one file ------------------------------------------------------------------------
 
 
@@ -438,10 +427,10 @@ def _decode_into(pixels: np.ndarray, paths: Sequence[str], *,
                  decode_one: Callable[[str], np.ndarray],
                  stop: threading.Event | None = None) -> list[str | None]:
     """Decode ``paths`` into ``pixels`` row by row: reasons, None when decoded; ``_Stopped``
-    once ``stop`` is set (checked before each image)."""
+    once ``stop`` is set or decoding is ``aborting`` (checked before each image)."""
     reasons: list[str | None] = []
     for row, path in enumerate(paths):
-        if stop is not None and stop.is_set():
+        if (stop is not None and stop.is_set()) or _ABORT.is_set():
             raise _Stopped
         try:
             pixels[row] = decode_one(path)
@@ -453,6 +442,26 @@ def _decode_into(pixels: np.ndarray, paths: Sequence[str], *,
 
 class _Stopped(Exception):
     """A decoder thread was told to stop; nobody waits for its result any more."""
+
+
+_ABORT = threading.Event()
+"""Set while ``aborting``: every decode in this process stops before its next image."""
+
+
+@contextlib.contextmanager
+def aborting() -> Iterator[None]:
+    """Stop every decode in this process, between images, while the block runs.
+
+    For Ctrl-C during a decode in another thread (a run decodes its shard in the
+    background while TensorFlow imports): wait for that thread inside the block,
+    and it returns after the image in hand instead of after the whole shard, its
+    temp cache file removed.
+    """
+    _ABORT.set()
+    try:
+        yield
+    finally:
+        _ABORT.clear()
 
 
 def _decode_in_threads(pixels: np.ndarray, paths: list[str], *,
@@ -481,20 +490,3 @@ def _decode_in_threads(pixels: np.ndarray, paths: list[str], *,
         raise
     pool.shutdown()
     return reasons
-
-
-def _cgroup_cpu_limit(root: Path) -> int | None:
-    """Whole CPUs allowed by a cgroup v2 (cpu.max) or v1 (cfs quota) limit; None: no limit."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota == "max":
-            return None
-        return max(1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None

@@ -1,10 +1,11 @@
 """Compute precision: which Keras dtype policy a run trains with, and why.
 
-Owns: the meaning of ``train.mixed_precision`` (auto, true, false), the
-hardware facts that decide ``auto`` (GPU compute capability, the CPU's bfloat16
-instructions), and the sentence that tells the user what was chosen.
-Never touches: TensorFlow's global state (``job.train`` sets the policy), the
-model, the spec file.
+Owns: the meaning of ``train.mixed_precision`` (auto, true, false), which
+hardware facts decide ``auto`` (GPU compute capability, the CPU's bfloat16
+instructions; ``job.machine`` reads them), and the sentence that tells the user
+what was chosen.
+Never touches: TensorFlow's global state (``job.distributed`` sets the policy),
+the model, the spec file, reading the hardware.
 
 Mixed precision computes layers in 16 bits while every variable, the loss and
 the softmax stay in float32. It pays only where the hardware does 16-bit math
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from job.errors import SpecError
 
@@ -115,26 +115,3 @@ def choose(requested: str | bool, *, gpu_capabilities: Sequence[tuple[int, int]]
 PEER_FLOAT32 = Choice("float32", "auto: a peer worker's hardware has no native 16-bit math")
 """What every worker of a group trains with when any one of them chose float32 on auto:
 the workers must agree, since loss scaling changes the step and the checkpoint."""
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags; empty where /proc/cpuinfo is missing (not Linux)."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def gpu_capabilities(tf) -> list[tuple[int, int]]:
-    """(major, minor) compute capability of each visible GPU; (0, 0) when unreported."""
-    capabilities = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        capability = details.get("compute_capability") or (0, 0)
-        capabilities.append((int(capability[0]), int(capability[1])))
-    return capabilities

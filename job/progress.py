@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
 
 BAR_WIDTH = 24
@@ -70,3 +71,18 @@ class Progress:
             self._bar_open = False
         self.out.write(text + "\n")
         self.out.flush()
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Prints a worker's own lines (every worker's, unlike the chief-only progress)."""
+
+    out: TextIO
+    tag: str
+    """'worker i/n', naming this worker in lines that differ between workers."""
+
+    def __call__(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def tagged(self, text: str) -> None:
+        self(f"{self.tag}: {text}")

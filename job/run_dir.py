@@ -46,6 +46,8 @@ HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "
                   "images_per_second", "seconds")
 SCRATCH_ENV = "TRAINJOB_SCRATCH_DIR"
 """If set, non-chief scratch folders are created (and kept) under it; used to inspect workers."""
+CHECKPOINT_NAME = "ckpt"
+"""Checkpoint files are ``checkpoints/ckpt-<step>.index`` and ``.data-*``."""
 FINGERPRINT_FILE = "fingerprint.json"
 TEMP_CHECKPOINT_SUFFIX = "_temp"
 """TensorFlow writes a checkpoint into ``<prefix>_temp/`` first; a failed save leaves it."""

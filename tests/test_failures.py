@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 from job import atomic
 from job.run_dir import RunDir
-from tests.conftest import CLUSTER_VARIABLES, ROOT, succeeded, tiny_spec, train
+from tests.conftest import CLUSTER_VARIABLES, ROOT, succeeded, tiny_spec, train, write_spec
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
@@ -238,3 +240,69 @@ def test_a_ctrl_c_that_escapes_the_command_exits_130_without_a_traceback():
 
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_while_a_run_decodes_exits_130_without_finishing_the_decode(tmp_path):
+    """Ctrl-C lands while the shard still decodes (TensorFlow has loaded by then):
+    the run stops at once instead of decoding the rest of the shard first, which it
+    would show by finishing the disk cache."""
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (6000, 6000), (200, 30, 30)).save(big, compress_level=1)
+    for label in ("a", "b"):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(24):  # copies, not links: a linked file is listed once
+            shutil.copyfile(big, tmp_path / "train" / label / f"{i}.png")
+    cache = tmp_path / "cache"
+    spec = write_spec(tmp_path, {
+        "name": "slow", "data": {"train_dir": "train", "image_size": [32, 32], "cache": "disk",
+                                 "cache_dir": str(cache), "decode_workers": 1},
+        "output": {"dir": "models"}})
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARIABLES}
+    process = subprocess.Popen([sys.executable, "-m", "job", "train", str(spec)], cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    for line in process.stdout:
+        if ": run slow:" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert not list(cache.glob("*.json")), "the decode ran to the end after Ctrl-C"
+    assert not list(cache.glob("*")), "a half-written cache file was left behind"
+
+
+# --- data a model cannot learn -------------------------------------------------------
+
+
+def test_a_class_whose_training_images_are_all_unreadable_is_refused_before_training(
+        shapes_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data / "train", data / "train")
+    for image in (data / "train" / "star").iterdir():
+        image.write_bytes(b"not an image at all")
+    spec = tiny_spec(data, tmp_path / "models", data={"test_dir": None})
+
+    run = train(tmp_path, spec, run_id="blind")
+
+    line = one_error_line(run, code=2)
+    assert "'star'" in line and "no readable training images" in line
+    assert not run.run_dir.exists()
+
+
+def test_a_class_without_validation_images_is_a_warning(shapes_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data / "train", data / "train")
+    shutil.copytree(shapes_data / "test", data / "val")
+    for image in (data / "val" / "circle").iterdir():
+        image.write_bytes(b"")
+    spec = tiny_spec(data, tmp_path / "models", data={"val_dir": str(data / "val"),
+                                                      "test_dir": None},
+                     train={"epochs": 1})
+
+    run = succeeded(train(tmp_path, spec, run_id="unmeasured"))
+
+    assert "warning: class 'circle' has no readable validation images" in run.err

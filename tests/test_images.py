@@ -540,20 +540,3 @@ def test_importing_images_does_not_import_tensorflow():
 def test_is_image_file_takes_visible_image_names_only(name, expected):
     assert is_image_file(Path("class_a") / name) is expected
     assert is_image_file(os.path.join("class_a", name)) is expected
-
-
-@pytest.mark.parametrize("files, limit", [
-    ({"cpu.max": "150000 100000\n"}, 2),
-    ({"cpu.max": "100000 100000\n"}, 1),
-    ({"cpu.max": "max 100000\n"}, None),
-    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-    ({}, None),
-])
-def test_available_cpus_honours_a_container_cpu_limit(tmp_path, files, limit):
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    cores = len(os.sched_getaffinity(0))
-
-    assert images.available_cpus(cgroup_root=tmp_path) == min(cores, limit or cores)

@@ -128,8 +128,8 @@ def test_two_workers_train_to_identical_weights(shapes_data, tmp_path, env):
     assert chief_hash == worker_hash == metrics["weights_sha256"]
     # Only the chief wrote the shared run directory; worker 1's model stayed in its scratch.
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["checkpoints", "history.csv", "labels.json", "logs", "metrics.json", "model.h5",
-         "spec.yaml", "weights.sha256"])
+        ["checkpoints", "fingerprint.json", "history.csv", "labels.json", "logs", "metrics.json",
+         "model.h5", "spec.yaml", "weights.sha256"])
     assert not list((run / "checkpoints").glob("*worker*"))
     assert "[worker 0]" in launcher.log() and "[worker 1]" in launcher.log()
 

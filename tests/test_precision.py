@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from job import precision
 from job.errors import SpecError
 from job.precision import choose
 
@@ -65,26 +63,6 @@ def test_forcing_float16_across_replicas_is_refused_with_the_way_out():
 def test_choose_rejects_other_values():
     with pytest.raises(ValueError, match="'yes'"):
         choose("yes", gpu_capabilities=[], cpu_flags=set(), replicas=1)
-
-
-def test_cpu_flags_reads_the_flags_line(tmp_path: Path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n"
-                       "flags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n"
-                       "flags\t\t: fpu avx2 avx512_bf16\n")
-
-    assert precision.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
-
-
-def test_cpu_flags_reads_arm_features(tmp_path: Path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
-
-    assert precision.cpu_flags(cpuinfo) == {"fp", "asimd", "bf16"}
-
-
-def test_cpu_flags_is_empty_without_cpuinfo(tmp_path: Path):
-    assert precision.cpu_flags(tmp_path / "missing") == frozenset()
 
 
 LOSS_SCALING_ACROSS_REPLICAS = """

@@ -414,9 +414,9 @@ def test_auto_precision_on_a_float16_tensor_core_gpu_trains_with_loss_scaling(
         shapes_data, tmp_path, monkeypatch):
     # No GPU here: pretend the hardware answered "compute capability 7.5", so the
     # float16 path (LossScaleOptimizer, scaled loss, unscaled gradients) runs on CPU.
-    from job import precision
+    from job import machine
 
-    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(7, 5)])
+    monkeypatch.setattr(machine, "gpu_capabilities", lambda tf: [(7, 5)])
     spec = one_epoch(shapes_data, tmp_path / "models")
 
     run = succeeded(train(tmp_path, spec, run_id="fp16"))
@@ -434,9 +434,9 @@ def test_auto_precision_on_a_float16_tensor_core_gpu_trains_with_loss_scaling(
 def test_a_float16_run_resumes_with_its_loss_scale(shapes_data, tmp_path, monkeypatch):
     # The loss-scale optimizer wraps the real one: its checkpoint and step count must
     # round-trip as the plain optimizer's do.
-    from job import precision
+    from job import machine
 
-    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [(7, 5)])
+    monkeypatch.setattr(machine, "gpu_capabilities", lambda tf: [(7, 5)])
     models = tmp_path / "models"
     first = succeeded(train(tmp_path / "first", one_epoch(shapes_data, models),
                             run_id="fp16-resume"))
@@ -501,18 +501,16 @@ def test_workers_train_in_float32_when_any_peer_lacks_16_bit_math(monkeypatch, p
     import keras
     import tensorflow as tf
 
-    from job import precision
-    from job import train as train_module
+    from job import distributed, machine
 
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    monkeypatch.setattr(precision, "gpu_capabilities", lambda tf: [])
-    monkeypatch.setattr(train_module, "_all_reducer",
-                        lambda tf, strategy, op, value: lambda: np.array([peer_votes]))
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(machine, "gpu_capabilities", lambda tf: [])
+    monkeypatch.setattr(distributed, "all_reducer",
+                        lambda strategy, op, value: lambda: np.array([peer_votes]))
     spec = spec_module.from_dict({"name": "vote", "data": {"train_dir": "x"}}, base_dir=Path("."))
     cluster = type("Cluster", (), {"is_multi_worker": True})()
 
-    choice = train_module._set_precision(tf, keras, tf.distribute.get_strategy(), spec,
-                                         cluster=cluster)
+    choice = distributed.set_precision(tf.distribute.get_strategy(), spec, cluster=cluster)
 
     assert choice.policy == policy
     assert keras.mixed_precision.global_policy().name == policy

@@ -1,0 +1,93 @@
+"""What a run reports while it trains: progress, TensorBoard summaries and the history.
+
+Owns: the epoch loop's side effects, as Keras hands them to callbacks: ``on_chunk``
+after each call of training steps (the progress bar or line, and the training
+summaries when a line is due) and ``on_epoch_end`` (the epoch's line, validation
+summaries, and the chief's ``history.csv``). Also the chief's TensorBoard writer.
+Never touches: training decisions (when to stop, save or validate), the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from job.errors import StorageError
+from job.progress import Progress
+
+
+class Reporter:
+    """The epoch loop's observer: prints progress, writes summaries and the history.
+
+    Only the chief prints progress and writes; every worker may call it.
+    """
+
+    def __init__(self, *, run, total_steps: int, steps_per_epoch: int, every: int,
+                 out) -> None:
+        self.run = run
+        self.progress = Progress(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                 every=every, out=out, enabled=run.is_chief)
+        self.writer = _summary_writer(run)
+        self.history: list[dict[str, Any]] = []
+
+    def resume(self, start_step: int) -> dict[str, float | None]:
+        """Keep the history rows up to ``start_step`` (a restart redoes later ones).
+
+        Returns the last kept row's ``train_loss`` and ``train_accuracy`` (None where
+        there is none), for a run restarted after its last step.
+        """
+        if self.run.is_chief:
+            self.history = [row for row in self.run.read_history()
+                            if int(row.get("step") or 0) <= start_step]
+        last = self.history[-1] if self.history else {}
+        return {key: _float_or_none(last.get(key)) for key in ("train_loss", "train_accuracy")}
+
+    def on_chunk(self, *, step: int, epoch: int, stats, images_per_second: float) -> None:
+        """After a call of training steps: ``stats`` are the epoch's running figures."""
+        if self.progress.step(step=step, epoch=epoch, loss=stats.loss,
+                              accuracy=stats.accuracy, images_per_second=images_per_second):
+            self._summaries(step, {"train/loss": stats.loss, "train/accuracy": stats.accuracy,
+                                   "train/images_per_second": images_per_second})
+
+    def on_epoch_end(self, row: dict[str, Any], *, epochs: int) -> None:
+        """After validation: ``row`` is the epoch's history row."""
+        self._summaries(row["step"], {"val/loss": row["val_loss"],
+                                      "val/accuracy": row["val_accuracy"]})
+        self.line(f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f} "
+                  f"accuracy {row['train_accuracy']:.4f} val_loss {row['val_loss']:.4f} "
+                  f"val_accuracy {row['val_accuracy']:.4f} "
+                  f"({row['images_per_second']:.0f} images/s)")
+        if self.run.is_chief:
+            self.history.append(row)
+            self.run.write_history(self.history)
+
+    def line(self, text: str) -> None:
+        """A line of the run's progress (the chief's), ending an open progress bar."""
+        self.progress.line(text)
+
+    def _summaries(self, step: int, scalars: dict[str, float]) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+        self.writer.flush()
+
+
+def _summary_writer(run):
+    """The chief's TensorBoard writer; a folder it cannot write to is a StorageError."""
+    if not run.is_chief:
+        return tf.summary.create_noop_writer()
+    try:
+        return tf.summary.create_file_writer(str(run.logs))
+    except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError) as error:
+        raise StorageError(f"{run.logs}: cannot write TensorBoard summaries: "
+                           f"{str(error).split(';')[-1].split('[Op:')[0].strip()}; make the "
+                           "run folder writable or free space") from None
+
+
+def _float_or_none(text: Any) -> float | None:
+    """A history.csv cell as a number (empty when an earlier trainjob wrote none)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
