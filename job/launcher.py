@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -181,10 +181,23 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How ``run_local`` starts and stops its workers; the defaults are ``trainjob local``'s."""
+
+    python: str = sys.executable
+    """The interpreter that runs ``python -m job train``: this one, with the same packages."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """Variables added to this process's environment for every worker."""
+    grace_seconds: float = 15.0
+    """How long a worker has after SIGTERM before SIGKILL: time to save a checkpoint."""
+    command: Sequence[str] | None = None
+    """Replaces the worker command line (for tests and custom entry points); None: the
+    ``worker_command`` of ``python``."""
+
+
 def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id: str,
-              out: TextIO | None = None, python: str = sys.executable,
-              extra_env: Mapping[str, str] | None = None, grace_seconds: float = 15.0,
-              command: Sequence[str] | None = None) -> int:
+              out: TextIO | None = None, options: LaunchOptions | None = None) -> int:
     """Run ``workers`` worker processes here until the run ends; return its exit code.
 
     Args:
@@ -193,10 +206,8 @@ def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id:
         max_restarts: group restarts allowed after retryable failures.
         run_id: the run directory name; kept across restarts so the run resumes.
         out: where prefixed worker lines and the launcher's own lines go; None: stdout.
-        python: the interpreter that runs ``python -m job train``.
-        extra_env: variables added to this process's environment for every worker.
-        grace_seconds: how long a worker has after SIGTERM before SIGKILL.
-        command: replaces the worker command line (for tests and custom entry points).
+        options: the interpreter, extra variables, grace period and command line
+            (default: ``LaunchOptions()``).
 
     Returns:
         0, 1, 2, 75 or 130 as described in the module docstring.
@@ -205,15 +216,12 @@ def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id:
         EnvironmentConfigError: ``workers`` < 1 or ``max_restarts`` < 0.
         RunFailed: a worker could not be started at all.
     """
-    if workers < 1:
-        raise EnvironmentConfigError(f"--workers={workers} is not valid; expected 1 or more.")
-    if max_restarts < 0:
-        raise EnvironmentConfigError(f"--max-restarts={max_restarts} is not valid; expected "
-                                     "0 or more.")
+    _check_counts(workers=workers, max_restarts=max_restarts)
+    options = options or LaunchOptions()
     printer = _Printer(out if out is not None else sys.stdout)
-    argv = list(command) if command is not None else worker_command(spec_path, run_id=run_id,
-                                                                     python=python)
-    base_env = {**os.environ, **(extra_env or {})}
+    argv = list(options.command) if options.command is not None else worker_command(
+        spec_path, run_id=run_id, python=options.python)
+    base_env = {**os.environ, **options.extra_env}
     attempts = max_restarts + 1
     try:
         with _sigterm_raises():
@@ -223,7 +231,8 @@ def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id:
                                    run_id=run_id) for i in range(workers)]
                 printer.line(f"{PREFIX}starting {workers} worker(s) for run {run_id} "
                              f"(attempt {attempt} of {attempts})")
-                failure = _run_group(argv, envs, printer=printer, grace_seconds=grace_seconds)
+                failure = _run_group(argv, envs, printer=printer,
+                                     grace_seconds=options.grace_seconds)
                 code = _outcome(failure, printer=printer, attempt=attempt, attempts=attempts)
                 if code is not None:
                     return code
@@ -235,6 +244,15 @@ def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id:
                      "resumes from its last checkpoint)")
         return EXIT_RETRYABLE
     raise AssertionError("unreachable: the last attempt always returns")
+
+
+def _check_counts(*, workers: int, max_restarts: int) -> None:
+    """Raise EnvironmentConfigError, naming the flag, for a count ``trainjob local`` cannot use."""
+    if workers < 1:
+        raise EnvironmentConfigError(f"--workers={workers} is not valid; expected 1 or more.")
+    if max_restarts < 0:
+        raise EnvironmentConfigError(f"--max-restarts={max_restarts} is not valid; expected "
+                                     "0 or more.")
 
 
 @dataclass(frozen=True)

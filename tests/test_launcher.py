@@ -23,6 +23,7 @@ import pytest
 from job.cluster import cluster_from_env, indexed_job_env
 from job.errors import EXIT_CODES, EnvironmentConfigError, RunFailed
 from job.launcher import (
+    LaunchOptions,
     classify,
     describe_exit,
     free_ports,
@@ -93,9 +94,10 @@ class ChoppyStream(io.StringIO):
 def launch(tmp_path: Path, body: str, *, workers: int = 2, max_restarts: int = 0,
            grace_seconds: float = 10.0, **options) -> tuple[int, list[str]]:
     out = ChoppyStream()
+    options = LaunchOptions(grace_seconds=grace_seconds, command=fake_worker(tmp_path, body),
+                            **options)
     code = run_local(tmp_path / "spec.yaml", workers=workers, max_restarts=max_restarts,
-                     run_id="run-1", out=out, grace_seconds=grace_seconds,
-                     command=fake_worker(tmp_path, body), **options)
+                     run_id="run-1", out=out, options=options)
     return code, out.getvalue().splitlines()
 
 
@@ -402,9 +404,9 @@ LAUNCHER_SCRIPT = """
 import signal, sys
 # A shell may start background jobs with SIGINT ignored; the test needs Python's default.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from job.launcher import run_local
+from job.launcher import LaunchOptions, run_local
 sys.exit(run_local("spec.yaml", workers=2, max_restarts=3, run_id="run-1",
-                   grace_seconds=2, command=sys.argv[1:]))
+                   options=LaunchOptions(grace_seconds=2, command=sys.argv[1:])))
 """
 
 
@@ -456,4 +458,4 @@ def test_bad_options_are_bad_input(tmp_path):
 def test_a_worker_that_cannot_start_is_a_run_failure(tmp_path):
     with pytest.raises(RunFailed, match="could not start worker 0"):
         run_local(tmp_path / "s.yaml", workers=2, max_restarts=0, run_id="r", out=io.StringIO(),
-                  command=[str(tmp_path / "no-such-interpreter")])
+                  options=LaunchOptions(command=[str(tmp_path / "no-such-interpreter")]))
