@@ -230,19 +230,9 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
         ((1, 8, 8, 3), [0], [('empty.jpg', 'zero-byte file')])
     """
     height, width = _check_options(size, color_mode)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers={workers!r} is invalid: expected 0 (one per CPU) or a "
-                         "positive number of threads.")
-    channels = 3 if color_mode == "rgb" else 1
+    _check_workers(workers)
     names = [os.fspath(p) for p in paths]
-    shape = (len(names), height, width, channels)
-    if out is None:
-        pixels = np.empty(shape, dtype=np.uint8)
-    elif out.shape != shape or out.dtype != np.uint8:
-        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}: expected {shape} "
-                         "and uint8 (one row per path, at the requested size and mode).")
-    else:
-        pixels = out
+    pixels = _output(out, shape=(len(names), height, width, 3 if color_mode == "rgb" else 1))
     workers = workers or available_cpus()
     decode_one = functools.partial(decode, size=(height, width), color_mode=color_mode,
                                    max_pixels=max_pixels)
@@ -250,6 +240,28 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
         reasons = _decode_into(pixels, names, decode_one=decode_one)
     else:
         reasons = _decode_in_threads(pixels, names, decode_one=decode_one, workers=workers)
+    return _compact(pixels, names, reasons)
+
+
+def _check_workers(workers: int) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers={workers!r} is invalid: expected 0 (one per CPU) or a "
+                         "positive number of threads.")
+
+
+def _output(out: np.ndarray | None, *, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The array to decode into: ``out`` once checked against ``shape``, else a new one."""
+    if out is None:
+        return np.empty(shape, dtype=np.uint8)
+    if out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}: expected {shape} "
+                         "and uint8 (one row per path, at the requested size and mode).")
+    return out
+
+
+def _compact(pixels: np.ndarray, names: list[str], reasons: list[str | None],
+             ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """``decode_many``'s result: the decoded rows first, their indices, the bad files."""
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     # Close the gaps left by bad files in place: a fancy-indexed copy would double memory.
     for row, index in enumerate(kept):
