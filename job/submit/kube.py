@@ -1,11 +1,15 @@
-"""The Kubernetes API, seen from the submitter: config, create, get, list, watch, logs, delete.
+"""The Kubernetes API, seen from the submitter: config, create, get, list, watch, logs, exec,
+delete.
 
 Owns: the only ``import kubernetes`` in the package. Loading the kubeconfig (``KUBECONFIG``,
 ``~/.kube/config``, in-cluster service account), bounded timeouts and retries so a dead API
 server never hangs the terminal, and turning every ``ApiException`` or transport error into
-a one-line ``ClusterError`` that says what was refused and how to fix it. Following a
-resource (list, then watch from its resourceVersion; 410 Gone lists again) and following a
-log (each line once across reconnects), both under one reconnect policy. Objects go in and
+a one-line ``ClusterError`` that says what was refused and how to fix it (the table of those
+lines is ``job.submit.api_errors``; its exceptions are re-exported here). Following a
+resource (list, then watch from its resourceVersion; 410 Gone lists again), waiting on it
+with a deadline, and following a log (each line once across reconnects), all under one
+reconnect policy. Starting a command in a container over the WebSocket channel protocol
+(``exec_stream``; ``job.submit.exec_stream`` reads its frames). Objects go in and
 come out as plain dicts in the API's own JSON shape (camelCase), so nothing above this
 module depends on the client's model classes.
 Never touches: manifest building (``job.submit.manifests``), what events mean
@@ -21,9 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,8 +37,21 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.stream import stream as websocket_request
 
 from job.errors import ClusterError
+from job.submit.api_errors import (  # re-exported: callers catch them from this door
+    RBAC_HINT,
+    ApiUnreachable,
+    Forbidden,
+    LogNotReady,
+    NotFound,
+    WatchExpired,
+    from_handshake,
+    from_status,
+    transport_reason,
+)
+from job.submit.exec_stream import ExecStream
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 """Seconds to open a TCP connection: an API server that cannot accept within 5 s is down."""
@@ -48,12 +66,14 @@ caller reconnects (a quiet epoch is shorter than this on any sane log_every_step
 CONNECT_RETRIES = 2
 """Reconnects per request on connection errors only (never re-sends a request the server may
 have received): rides out a blip, while a dead server fails in about 3 x the connect timeout."""
+EXEC_IDLE_TIMEOUT_SECONDS = 120.0
+"""Seconds an exec stream may stay silent before it is presumed dead: ``du`` over a big run
+directory on a slow volume answers well within this."""
 RECONNECT_DELAYS_SECONDS = (0.0, 1.0, 2.0, 4.0, 8.0)
 """Pauses before each consecutive reconnect of a watch or log stream; its length is the number
 of consecutive failures tolerated (about 15 s of outage) before giving up."""
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-RBAC_HINT = "ask your cluster admin to bind the trainjob Role (k8s/rbac.yaml) to you"
 
 _Item = TypeVar("_Item")
 
@@ -65,26 +85,6 @@ _KINDS = {
     "Pod": ("pods", "pod", "core"),
     "PersistentVolumeClaim": ("persistentvolumeclaims", "persistent_volume_claim", "core"),
 }
-
-
-class ApiUnreachable(ClusterError):
-    """The API server could not be reached or the connection broke; a retry may succeed."""
-
-
-class NotFound(ClusterError):
-    """The object (or its namespace) does not exist (HTTP 404)."""
-
-
-class Forbidden(ClusterError):
-    """RBAC refused the request (HTTP 403)."""
-
-
-class WatchExpired(ClusterError):
-    """The resourceVersion is too old (HTTP 410 Gone); list again for a fresh one."""
-
-
-class LogNotReady(ClusterError):
-    """The container has not started, so it has no log yet (HTTP 400 from the log endpoint)."""
 
 
 class Kube:
@@ -186,12 +186,13 @@ class Kube:
                           lambda: method(namespace, label_selector=selector, **self._raw()))
         return body.get("items") or [], body.get("metadata", {}).get("resourceVersion", "")
 
-    def watch(self, namespace: str, kind: str, *, selector: str,
-              resource_version: str) -> Iterator[tuple[str, dict]]:
+    def watch(self, namespace: str, kind: str, *, selector: str, resource_version: str,
+              timeout_seconds: int | None = None) -> Iterator[tuple[str, dict]]:
         """Yield (event type, object) from one watch connection, starting after resource_version.
 
-        Ends normally when the server's timeoutSeconds elapse; the caller reconnects from the
-        last object's resourceVersion.
+        Ends normally when the server's timeoutSeconds elapse (``timeout_seconds``, default
+        the client's ``watch_timeout_seconds``); the caller reconnects from the last object's
+        resourceVersion.
 
         Raises:
             WatchExpired: 410 Gone, the resourceVersion was compacted; list again.
@@ -201,11 +202,11 @@ class Kube:
         method = getattr(self._api(group), f"list_namespaced_{suffix}")
         # return_type=object keeps events as plain dicts. Passing timeoutSeconds also turns
         # off the client's own silent 410 retry, so expiry reaches the caller, who re-lists.
+        timeout = timeout_seconds or self.watch_timeout_seconds
         watcher = watch.Watch(return_type=object)
         stream = watcher.stream(
             method, namespace, label_selector=selector, resource_version=resource_version,
-            timeout_seconds=self.watch_timeout_seconds,
-            _request_timeout=(CONNECT_TIMEOUT_SECONDS, self.watch_timeout_seconds + 15))
+            timeout_seconds=timeout, _request_timeout=(CONNECT_TIMEOUT_SECONDS, timeout + 15))
         with self._open_stream(watcher.stop), self._errors("watch", resource, namespace, None):
             for event in stream:
                 yield event["type"], event["raw_object"]
@@ -237,12 +238,15 @@ class Kube:
 
     # --- following: one reconnect policy for watches and logs ----------------------------
     def follow(self, namespace: str, kind: str, *, selector: str, stopped: Callable[[], bool],
-               pause: Callable[[float], object]) -> Iterator[tuple[str, tuple[dict, ...]]]:
+               pause: Callable[[float], object], deadline: float | None = None
+               ) -> Iterator[tuple[str, tuple[dict, ...]]]:
         """List, then watch from the list's resourceVersion, until ``stopped()``.
 
         Yields ("SYNC", every object) after each listing and (ADDED, MODIFIED or DELETED,
         (the object,)) for each change. A connection that times out or breaks resumes from
         the last resourceVersion; 410 Gone lists again. Reconnects follow ``_reconnecting``.
+        With a ``deadline`` (``time.monotonic()`` seconds), no watch connection outlasts it,
+        so ``stopped()`` is asked again soon after it passes even when nothing changes.
 
         Raises:
             ApiUnreachable: the API stayed unreachable through every reconnect.
@@ -251,12 +255,15 @@ class Kube:
 
         def connect() -> Iterator[tuple[str, tuple[dict, ...]]]:
             nonlocal version
+            timeout = None if deadline is None else max(1, min(
+                self.watch_timeout_seconds, math.ceil(deadline - time.monotonic())))
             try:
                 if version is None:
                     items, version = self.list(namespace, kind, selector=selector)
                     yield "SYNC", tuple(items)
                 for change, obj in self.watch(namespace, kind, selector=selector,
-                                              resource_version=version):
+                                              resource_version=version,
+                                              timeout_seconds=timeout):
                     version = obj["metadata"]["resourceVersion"]
                     yield change, (obj,)
             except WatchExpired:
@@ -291,6 +298,64 @@ class Kube:
                                           stopped=stopped, pause=pause, complete=ended)
         except NotFound:
             return  # the pod and its log are gone
+
+    def wait(self, namespace: str, kind: str, *, selector: str,
+             until: Callable[[tuple[dict, ...]], _Item | None], timeout_seconds: float,
+             pause: Callable[[float], object] = time.sleep) -> _Item | None:
+        """Watch the objects a selector picks until ``until(them)`` answers, or time runs out.
+
+        ``until`` is asked with every object currently selected after the first listing and
+        after each change; its first answer other than None is returned. Reconnects follow
+        ``_reconnecting``.
+
+        Returns:
+            ``until``'s answer, or None when ``timeout_seconds`` passed without one.
+
+        Raises:
+            ApiUnreachable: the API stayed unreachable through every reconnect.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        current: dict[str, dict] = {}
+        for change, objects in self.follow(namespace, kind, selector=selector,
+                                           stopped=lambda: time.monotonic() >= deadline,
+                                           pause=pause, deadline=deadline):
+            if change == "SYNC":
+                current.clear()
+            for obj in objects:
+                name = obj["metadata"]["name"]
+                if change == "DELETED":
+                    current.pop(name, None)
+                else:
+                    current[name] = obj
+            answer = until(tuple(current.values()))
+            if answer is not None:
+                return answer
+        return None
+
+    # --- exec ----------------------------------------------------------------------------
+    def exec_stream(self, namespace: str, pod: str, command: list[str], *,
+                    container: str) -> ExecStream:
+        """Start ``command`` in a running container; read its stdout from the returned stream.
+
+        The official client's WebSocket transport (v4/v5.channel.k8s.io): a GET upgraded to a
+        WebSocket, which RBAC authorizes as ``get`` on ``pods/exec`` and, from Kubernetes
+        1.35, also as ``create``. No stdin, no TTY.
+
+        Raises:
+            Forbidden, NotFound, ClusterError: the API refused the exec (one line each).
+            ApiUnreachable: the connection could not be made.
+        """
+        where = (namespace, pod)
+        try:
+            connection = websocket_request(
+                self._core.connect_get_namespaced_pod_exec, pod, namespace, command=command,
+                container=container, stderr=True, stdin=False, stdout=True, tty=False,
+                _preload_content=False, binary=True)
+        except ApiException as error:
+            raise from_handshake(error.__context__ or error, *where, self) from None
+        connection.sock.settimeout(EXEC_IDLE_TIMEOUT_SECONDS)
+        return ExecStream(connection.sock, command=command, pod=pod,
+                          registered=self._open_stream)
 
     def _reconnecting(self, connect: Callable[[], Iterator[_Item]], *,
                       retry_on: tuple[type[ClusterError], ...], stopped: Callable[[], bool],
@@ -349,7 +414,7 @@ class Kube:
             raise _from_api_exception(error, verb, resource, namespace, name, self) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise ApiUnreachable(f"cannot reach the Kubernetes API at {self.host}: "
-                                 f"{_transport_reason(error)}; check that the cluster is up "
+                                 f"{transport_reason(error)}; check that the cluster is up "
                                  f"and that {self.credentials} points at it "
                                  "(kubectl cluster-info).") from None
 
@@ -420,64 +485,8 @@ def _from_api_exception(error: ApiException, verb: str, resource: str,
     if not isinstance(status, dict) or status.get("kind") != "Status":
         status = {"code": error.status, "message": str(error.reason or error.status)}
     status.setdefault("code", error.status)
-    return _from_status(status, verb, resource, namespace, name, kube)
+    return from_status(status, verb, resource, namespace, name, kube)
 
 
-def _from_status(status: Mapping[str, Any], verb: str, resource: str, namespace: str | None,
-                 name: str | None, kube: Kube) -> ClusterError:
-    """One clear line for a Kubernetes Status: what was refused, and how to fix it."""
-    code = status.get("code")
-    message = " ".join(str(status.get("message") or status.get("reason") or "").split())
-    details = status.get("details") or {}
-    where = f" in namespace {namespace!r}" if namespace else ""
-    target = f"{_singular(resource)} {name!r}" if name else resource
-    if code == 401:
-        return ClusterError(f"unauthorized: the Kubernetes API at {kube.host} rejected the "
-                            f"credentials of {kube.credentials}; refresh them (e.g. re-run your "
-                            "cloud's get-credentials command) or check KUBECONFIG.")
-    if code == 403:
-        user = re.search(r'User "([^"]+)"', message)
-        who = f"user {user.group(1)!r}" if user else "you"
-        return Forbidden(f"forbidden: {who} cannot {verb} {resource}{where}; {RBAC_HINT}.")
-    if code == 404:
-        missing_kind, missing = details.get("kind"), details.get("name")
-        if missing_kind in ("namespaces", "namespace") and missing:
-            return NotFound(f"not found: namespace {missing!r} does not exist; create it "
-                            "(kubectl create namespace ...) or pass --namespace.")
-        return NotFound(f"not found: {target}{where}.")
-    if code == 409:
-        return ClusterError(f"already exists: {target}{where}; submit again without --run-id "
-                            "(or with a new one) to get a fresh run id.")
-    if code == 410:
-        return WatchExpired(f"watch of {resource}{where} expired (410 Gone): {message}.")
-    if code == 400 and resource == "pods/log":
-        return LogNotReady(f"no log yet for pod {name!r}{where}: {message}.")
-    if code == 422:
-        return ClusterError(f"invalid {target}{where}: {message}; the cluster may be older than "
-                            "Kubernetes 1.31, which the manifests need.")
-    if code in (500, 502, 503, 504):
-        return ApiUnreachable(f"the Kubernetes API at {kube.host} answered {code} to {verb} "
-                              f"{resource}{where}: {message}.")
-    return ClusterError(f"the Kubernetes API refused to {verb} {target}{where}: HTTP {code} "
-                        f"{message}.")
-
-
-def _singular(resource: str) -> str:
-    base = resource.split(".", 1)[0].split("/", 1)[0]
-    names = {"configmaps": "configmap", "services": "service", "jobs": "job", "pods": "pod",
-             "persistentvolumeclaims": "persistentvolumeclaim", "namespaces": "namespace"}
-    return names.get(base, base)
-
-
-def _transport_reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None) or error
-    text = " ".join(str(reason).split())
-    if "refused" in text.lower():
-        return "connection refused"
-    if isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)) \
-            or "timed out" in text.lower():
-        return "timed out"
-    if isinstance(error, urllib3.exceptions.ProtocolError):
-        return "the connection broke mid-response"
-    # The pool's repr (with object ids) adds nothing for the user.
-    return re.sub(r"<[^>]*>: ?", "", text)[:200]
+__all__ = ["RBAC_HINT", "ApiUnreachable", "ExecStream", "Forbidden", "Kube", "LogNotReady",
+           "NotFound", "WatchExpired", "connect"]
