@@ -36,10 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train, val = keras.utils.image_dataset_from_directory(
         args.train_dir, validation_split=args.val_split, subset="both", seed=args.seed,
         image_size=size, batch_size=args.batch_size)
-    model_spec = ModelSpec()
     model = build_model(input_shape=(*size, 3), num_classes=len(train.class_names),
-                        backbone=model_spec.backbone, dropout=model_spec.dropout,
-                        augment=model_spec.augment, seed=args.seed)
+                        model=ModelSpec(), seed=args.seed)
     model.compile(optimizer=keras.optimizers.Adam(TrainSpec().learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(train, validation_data=val, epochs=args.epochs, verbose=2)

@@ -127,8 +127,7 @@ def fit_rates(spec_path: Path) -> dict:
                           workers=spec.data.decode_workers)
     keras.utils.set_random_seed(spec.train.seed)
     model = build_model(input_shape=decoded.pixels.shape[1:],
-                        num_classes=len(splits.class_names), backbone=spec.model.backbone,
-                        dropout=spec.model.dropout, augment=spec.model.augment,
+                        num_classes=len(splits.class_names), model=spec.model,
                         seed=spec.train.seed)
     model.compile(optimizer=keras.optimizers.Adam(spec.train.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])

@@ -15,7 +15,7 @@ import numpy as np
 from keras import layers
 
 from job.errors import SpecError
-from job.spec import AugmentSpec
+from job.spec import AugmentSpec, ModelSpec
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 """ImageNet channel means the VGG16 and ResNet50 weights were trained with (BGR order)."""
@@ -50,20 +50,18 @@ MIN_APPLICATION_SIZE = 32
 
 
 def build_model(*, input_shape: tuple[int, int, int], num_classes: int,
-                backbone: str = "small_cnn", weights: Path | None = None,
-                dropout: float = 0.2, augment: AugmentSpec | None = None,
-                seed: int | None = None) -> keras.Model:
+                model: ModelSpec | None = None, seed: int | None = None) -> keras.Model:
     """Build an uncompiled classifier that takes 0-255 pixels and outputs class probabilities.
 
     Args:
         input_shape: (height, width, channels).
         num_classes: size of the softmax output.
-        backbone: ``small_cnn`` or a keras.applications name (see spec.BACKBONES).
-        weights: None, or a local weights file: backbone-only ("notop") weights
-            for an applications backbone, or full-model weights of the same
-            architecture (e.g. from an earlier run's model.h5).
-        dropout: rate before the classifier head.
-        augment: training-time augmentation; None for none.
+        model: the spec's model section (None: ``ModelSpec()``, the spec's defaults):
+            the backbone (``small_cnn`` or a keras.applications name); the weights
+            file to start from (None: random; backbone-only "notop" weights for an
+            applications backbone, or full-model weights of the same architecture,
+            e.g. an earlier run's model.h5); the dropout before the classifier head;
+            the training-time augmentation.
         seed: seeds the augmentation layers.
 
     Example:
@@ -71,6 +69,8 @@ def build_model(*, input_shape: tuple[int, int, int], num_classes: int,
         >>> model.output_shape
         (None, 4)
     """
+    spec = model or ModelSpec()
+    backbone, dropout, augment = spec.backbone, spec.dropout, spec.augment
     inputs = keras.Input(shape=input_shape, name="image")
     x = _augmentation(augment, seed=seed)(inputs) if _has_augmentation(augment) else inputs
     if backbone == "small_cnn":
@@ -85,10 +85,10 @@ def build_model(*, input_shape: tuple[int, int, int], num_classes: int,
     # test accuracy on the demo with bfloat16 logits). It is a tiny share of the work.
     x = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name=f"trainjob_{backbone}")
-    if weights is not None:
-        _load_weights(model, backbone_weights, Path(weights))
-    return model
+    classifier = keras.Model(inputs, outputs, name=f"trainjob_{backbone}")
+    if spec.weights is not None:
+        _load_weights(classifier, backbone_weights, Path(spec.weights))
+    return classifier
 
 
 def _has_augmentation(augment: AugmentSpec | None) -> bool:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -336,9 +336,7 @@ def _build_model(ctx: _Context, *, weights):
     spec = ctx.spec
     return build_model(input_shape=spec.data.image_shape,
                        num_classes=len(ctx.splits.class_names),
-                       backbone=spec.model.backbone, weights=weights,
-                       dropout=spec.model.dropout, augment=spec.model.augment,
-                       seed=spec.train.seed)
+                       model=replace(spec.model, weights=weights), seed=spec.train.seed)
 
 
 def _train_iterator(ctx: _Context, started: _Started, *, start_step: int):

@@ -79,9 +79,10 @@ def mount(tmp_path):
 def nan_weights(tmp_path: Path) -> Path:
     """Full-model weights of the tiny spec's small_cnn, one kernel poisoned with NaN."""
     from job.model import build_model
+    from job.spec import AugmentSpec, ModelSpec
 
-    model = build_model(input_shape=(32, 32, 3), num_classes=4, backbone="small_cnn",
-                        weights=None, dropout=0.0, augment=None, seed=1)
+    model = build_model(input_shape=(32, 32, 3), num_classes=4, seed=1, model=ModelSpec(
+        backbone="small_cnn", weights=None, dropout=0.0, augment=AugmentSpec(flip="none")))
     kernel = next(w for w in model.weights if w.path.endswith("kernel"))
     kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
     path = tmp_path / "poisoned.weights.h5"

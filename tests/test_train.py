@@ -157,9 +157,8 @@ def test_exported_model_is_the_trained_model(smoke, shapes_data):
     exported = load_model(smoke.run_dir / "model.h5")
 
     def fresh():
-        return build_model(input_shape=(32, 32, 3), num_classes=4,
-                           backbone=spec.model.backbone, dropout=spec.model.dropout,
-                           augment=spec.model.augment, seed=spec.train.seed)
+        return build_model(input_shape=(32, 32, 3), num_classes=4, model=spec.model,
+                           seed=spec.train.seed)
 
     keras.utils.set_random_seed(99)
     untrained = fresh()
@@ -329,7 +328,8 @@ def test_applications_backbone_model_h5_reloads_and_predicts_the_same(backbone, 
     from job.run_dir import RunDir
 
     keras.utils.set_random_seed(3)
-    model = build_model(input_shape=(32, 32, 3), num_classes=4, backbone=backbone)
+    model = build_model(input_shape=(32, 32, 3), num_classes=4, model=spec_module.ModelSpec(
+        backbone=backbone, augment=spec_module.AugmentSpec(flip="none")))
     path, _ = RunDir.open(tmp_path, "export", is_chief=True, worker=0).save_model(model)
 
     reloaded = load_model(path)
@@ -362,7 +362,8 @@ def test_local_weights_file_is_loaded_before_training(shapes_data, tmp_path):
     from job.model import build_model
 
     keras.utils.set_random_seed(7)
-    source = build_model(input_shape=(32, 32, 3), num_classes=4)
+    source = build_model(input_shape=(32, 32, 3), num_classes=4, model=spec_module.ModelSpec(
+        augment=spec_module.AugmentSpec(flip="none")))
     weights_file = tmp_path / "start.weights.h5"
     source.save_weights(weights_file)
     spec = one_epoch(shapes_data, tmp_path / "models", model={"weights": str(weights_file)},
@@ -400,7 +401,8 @@ def test_mixed_precision_trains_in_bfloat16_on_cpu_and_exports_float32(shapes_da
     np.testing.assert_allclose(predicted.sum(axis=1), 1.0, atol=1e-5)
     # ...with exactly the weights that trained in bfloat16 (the final checkpoint's).
     keras.mixed_precision.set_global_policy("float32")
-    trained = build_model(input_shape=(32, 32, 3), num_classes=4)
+    trained = build_model(input_shape=(32, 32, 3), num_classes=4, model=spec_module.ModelSpec(
+        augment=spec_module.AugmentSpec(flip="none")))
     checkpoint = tf.train.Checkpoint(model=trained)
     checkpoint.restore(tf.train.latest_checkpoint(str(run.run_dir / "checkpoints"))
                        ).expect_partial()
