@@ -34,7 +34,7 @@ from bench.measure import REPO, Child, alternate, child_env, median, run_child
 from bench.report import Figure, Target
 from bench.sizes import Sizes
 from bench.specs import SEED, VAL_SPLIT, prepare_runs
-from job.images import available_cpus
+from job.machine import available_cpus
 
 P4_TARGET = Target(at_least=False, value=0.7)
 M1_TARGET = Target(at_least=False, value=1.2)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from job.images import available_cpus
+from job.machine import available_cpus
 
 PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "pillow": "pillow",
             "numpy": "numpy"}

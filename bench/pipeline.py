@@ -33,7 +33,7 @@ from pathlib import Path
 from bench.measure import alternate, median, run_module, timed
 from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
-from job.images import available_cpus
+from job.machine import available_cpus
 
 P1_TARGET = Target(at_least=True, value=2.0)
 P2_TARGET = Target(at_least=True, value=10.0)

@@ -57,7 +57,7 @@ from job.errors import (
     RunFailed,
     exit_kind,
 )
-from job.images import available_cpus
+from job.machine import available_cpus
 
 LOCALHOST = "127.0.0.1"
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
@@ -76,14 +76,16 @@ that left the group may hold the pipe open, and the launcher must not hang on it
 # --- build (pure) ------------------------------------------------------------------------
 
 
-def worker_command(spec_path: str | Path, *, run_id: str, python: str) -> list[str]:
-    """The command line of one worker: ``python -m job train SPEC --run-id RUN``.
+def worker_command(spec_path: str | Path, *, run_id: str, python: str,
+                   overrides: Sequence[str] = ()) -> list[str]:
+    """The command line of one worker: ``python -m job train SPEC --run-id RUN [--set K=V]``.
 
     Example:
-        >>> worker_command("shapes.yaml", run_id="r1", python="python3")
-        ['python3', '-m', 'job', 'train', 'shapes.yaml', '--run-id', 'r1']
+        >>> worker_command("s.yaml", run_id="r1", python="py", overrides=["train.epochs=2"])
+        ['py', '-m', 'job', 'train', 's.yaml', '--run-id', 'r1', '--set', 'train.epochs=2']
     """
-    return [python, "-m", "job", "train", str(spec_path), "--run-id", run_id]
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return [python, "-m", "job", "train", str(spec_path), "--run-id", run_id, *sets]
 
 
 def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
@@ -101,7 +103,7 @@ def worker_env(base_env: Mapping[str, str], *, index: int, num_workers: int,
         ports: one free localhost port per worker, in index order.
         run_id: the run directory name every worker shares.
         cores: CPU cores to share out; None: the cores this process may use, capped by a
-            container CPU limit (``job.images.available_cpus``, as the decoder counts).
+            container CPU limit (``job.machine.available_cpus``, as the decoder counts).
 
     Example:
         >>> env = worker_env({}, index=1, num_workers=2, ports=[4001, 4002], run_id="r1",
@@ -194,6 +196,8 @@ class LaunchOptions:
     command: Sequence[str] | None = None
     """Replaces the worker command line (for tests and custom entry points); None: the
     ``worker_command`` of ``python``."""
+    overrides: Sequence[str] = ()
+    """``--set KEY=VALUE`` overrides every worker applies to the spec, as given."""
 
 
 def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id: str,
@@ -220,7 +224,7 @@ def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id:
     options = options or LaunchOptions()
     printer = _Printer(out if out is not None else sys.stdout)
     argv = list(options.command) if options.command is not None else worker_command(
-        spec_path, run_id=run_id, python=options.python)
+        spec_path, run_id=run_id, python=options.python, overrides=options.overrides)
     base_env = {**os.environ, **options.extra_env}
     attempts = max_restarts + 1
     try:
