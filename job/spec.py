@@ -21,13 +21,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
 from job import names, spec_yaml
+from job import overrides as overrides_module
 from job.errors import SpecError
 from job.spec_yaml import Reader
 
@@ -216,15 +218,36 @@ _TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Spec) if f.name != "b
 """The top-level keys of a spec file: every field of Spec but base_dir, which is not read."""
 
 
-def load(path: str | Path) -> Spec:
-    """Read, validate and resolve a spec file.
+def load(path: str | Path, *, overrides: Sequence[str] = ()) -> Spec:
+    """Read, validate and resolve a spec file, with ``--set KEY=VALUE`` overrides applied.
+
+    Overrides are placed into the parsed file before any check, so they are checked
+    exactly like the file's own keys.
 
     Raises:
         SpecError: naming the file or key, what was wrong, and how to fix it.
     """
     path = Path(path)
-    data = spec_yaml.read(path)
+    data = overrides_module.apply(spec_yaml.read(path), overrides, known=known_keys())
     return from_dict(data, base_dir=path.resolve().parent, source=str(path))
+
+
+@functools.cache
+def known_keys() -> tuple[str, ...]:
+    """Every dotted key a spec may have, e.g. ``train.epochs``, ``model.augment.flip``."""
+    return tuple(_keys(Spec, prefix=""))
+
+
+def _keys(cls: type, *, prefix: str) -> list[str]:
+    found = []
+    for name, hint in get_type_hints(cls).items():
+        if name == "base_dir":
+            continue
+        nested = [t for t in (hint, *get_args(hint)) if dataclasses.is_dataclass(t)]
+        found.append(prefix + name)
+        if nested:
+            found.extend(_keys(nested[0], prefix=f"{prefix}{name}."))
+    return found
 
 
 def from_dict(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
@@ -234,7 +257,7 @@ def from_dict(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
         >>> from_dict({"name": "x", "data": {"train_dir": "d"}}, base_dir=Path("/s")).data.train_dir
         PosixPath('/s/d')
     """
-    reader = Reader(source=source, base_dir=Path(base_dir))
+    reader = Reader(source=source, base_dir=Path(base_dir), known=known_keys())
     if data is None:
         raise SpecError(f"{source}: the spec is empty; start from examples/shapes.yaml.")
     root = reader.mapping(data, "", allowed=_TOP_LEVEL_KEYS)

@@ -44,6 +44,7 @@ import yaml
 
 from job.errors import SpecError
 from job.names import excerpt
+from job.overrides import did_you_mean
 
 MAX_SPEC_BYTES = 1024 * 1024
 """1 MiB: a complete spec is about 2 KB; anything this big is the wrong file or an attack."""
@@ -189,9 +190,11 @@ class Reader:
     metadata the range (``low``, ``high``, ``exclusive_low``).
     """
 
-    def __init__(self, *, source: str, base_dir: Path) -> None:
+    def __init__(self, *, source: str, base_dir: Path, known: tuple[str, ...] = ()) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.known = known
+        """Every dotted key of the schema, for "did you mean" on an unknown key."""
 
     def fail(self, key: str, received: Any, expected: str, fix: str) -> None:
         raise SpecError(f"{self.source}: {key}={excerpt(received)} is invalid: expected "
@@ -205,8 +208,10 @@ class Reader:
         for k in value:
             if k not in allowed:
                 full = f"{key}.{k}" if key else str(k)
-                raise SpecError(f"{self.source}: unknown key {excerpt(full)}; allowed keys"
-                                f"{' under ' + key if key else ''}: {', '.join(allowed)}.")
+                here = [f"{key}.{a}" if key else a for a in allowed]
+                hint = did_you_mean(full, here) or did_you_mean(full, self.known)
+                raise SpecError(f"{self.source}: unknown key {excerpt(full)}{hint or ';'} allowed "
+                                f"keys{' under ' + key if key else ''}: {', '.join(allowed)}.")
         return value
 
     def allowed(self, d: Any, key: str, cls: type) -> dict:
