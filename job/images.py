@@ -229,8 +229,7 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
         >>> pixels.shape, kept, bad
         ((1, 8, 8, 3), [0], [('empty.jpg', 'zero-byte file')])
     """
-    height, width = _check_options(size, color_mode)
-    _check_workers(workers)
+    height, width = _check_options(size, color_mode, workers=workers)
     names = [os.fspath(p) for p in paths]
     pixels = _output(out, shape=(len(names), height, width, 3 if color_mode == "rgb" else 1))
     workers = workers or available_cpus()
@@ -241,12 +240,6 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
     else:
         reasons = _decode_in_threads(pixels, names, decode_one=decode_one, workers=workers)
     return _compact(pixels, names, reasons)
-
-
-def _check_workers(workers: int) -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers={workers!r} is invalid: expected 0 (one per CPU) or a "
-                         "positive number of threads.")
 
 
 def _output(out: np.ndarray | None, *, shape: tuple[int, int, int, int]) -> np.ndarray:
@@ -274,7 +267,7 @@ def _compact(pixels: np.ndarray, names: list[str], reasons: list[str | None],
 # --- one file ------------------------------------------------------------------------
 
 
-def _check_options(size: tuple[int, int], color_mode: str) -> tuple[int, int]:
+def _check_options(size: tuple[int, int], color_mode: str, *, workers: int = 0) -> tuple[int, int]:
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise ValueError(f"size={size!r} is invalid: expected (height, width), two positive "
@@ -282,6 +275,9 @@ def _check_options(size: tuple[int, int], color_mode: str) -> tuple[int, int]:
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode={color_mode!r} is invalid: expected one of "
                          f"{', '.join(COLOR_MODES)}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers={workers!r} is invalid: expected 0 (one per CPU) or a "
+                         "positive number of threads.")
     return size[0], size[1]
 
 
