@@ -2,8 +2,9 @@
 
 Owns: the worker environment and command line (pure ``worker_env`` and
 ``worker_command``), free ports, starting the workers in their own process groups,
-prefixing their log lines, and the group-restart loop with the same exit-code rules
-as the cluster (the kinds are those of the table ``job.errors.EXIT_CODES``):
+prefixing their log lines (``job.console`` writes each line whole), and the group-restart
+loop with the same exit-code rules as the cluster (the kinds are those of the table
+``job.errors.EXIT_CODES``):
 
 * every worker exits 0 -> 0;
 * a worker exits with a permanent code (1, 2) -> stop the others, return that code;
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from job.cluster import TF_CONFIG_ENV, indexed_job_env
+from job.console import LineWriter
 from job.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -222,7 +224,7 @@ def run_local(spec_path: str | Path, *, workers: int, max_restarts: int, run_id:
     """
     _check_counts(workers=workers, max_restarts=max_restarts)
     options = options or LaunchOptions()
-    printer = _Printer(out if out is not None else sys.stdout)
+    printer = LineWriter(out if out is not None else sys.stdout)
     argv = list(options.command) if options.command is not None else worker_command(
         spec_path, run_id=run_id, python=options.python, overrides=options.overrides)
     base_env = {**os.environ, **options.extra_env}
@@ -265,7 +267,7 @@ class _Exit:
     returncode: int
 
 
-def _outcome(failure: _Exit | None, *, printer: _Printer, attempt: int,
+def _outcome(failure: _Exit | None, *, printer: LineWriter, attempt: int,
              attempts: int) -> int | None:
     """The launcher's exit code for one attempt's result, or None to restart the group."""
     if failure is None:
@@ -289,7 +291,7 @@ def _outcome(failure: _Exit | None, *, printer: _Printer, attempt: int,
     return EXIT_RETRYABLE
 
 
-def _run_group(argv: Sequence[str], envs: Sequence[Mapping[str, str]], *, printer: _Printer,
+def _run_group(argv: Sequence[str], envs: Sequence[Mapping[str, str]], *, printer: LineWriter,
                grace_seconds: float) -> _Exit | None:
     """Start one worker per env, wait for the first failure (None: all exited 0), stop all."""
     group = _Group(printer)
@@ -306,7 +308,7 @@ def _run_group(argv: Sequence[str], envs: Sequence[Mapping[str, str]], *, printe
 class _Group:
     """The worker processes of one attempt, their output readers and exit watchers."""
 
-    def __init__(self, printer: _Printer) -> None:
+    def __init__(self, printer: LineWriter) -> None:
         self.printer = printer
         self.processes: list[subprocess.Popen] = []
         self.readers: list[threading.Thread] = []
@@ -411,29 +413,11 @@ def _send(send, sig: signal.Signals) -> None:
         send(sig)
 
 
-def _pump(pipe: IO[bytes], prefix: str, printer: _Printer) -> None:
+def _pump(pipe: IO[bytes], prefix: str, printer: LineWriter) -> None:
     """Copy one worker's output to the printer, a whole line at a time."""
     with pipe:
         for raw in iter(pipe.readline, b""):
             printer.line(prefix + raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-
-
-class _Printer:
-    """Writes whole lines from many threads without interleaving them."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.lock = threading.Lock()
-
-    def line(self, text: str) -> None:
-        with self.lock:
-            try:
-                self.out.write(text + "\n")
-                self.out.flush()
-            except (OSError, ValueError):
-                # A closed or broken stream (e.g. piped into `head`) must not stop the
-                # readers: a worker blocked on a full pipe would hang the run.
-                pass
 
 
 class _Terminated(BaseException):

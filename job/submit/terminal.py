@@ -1,10 +1,10 @@
 """The user's terminal while ``submit`` watches a run: status lines, log lines, one question.
 
-Owns: writing to the terminal from several threads without tearing a line, never printing
-the same status line twice in a row, and asking the Ctrl-C question only when there is a
-terminal to answer it. A reader that went away (a closed pipe) never stops the watch.
+Owns: never printing the same status line twice in a row, and asking the Ctrl-C question
+only when there is a terminal to answer it.
 Never touches: the cluster (``job.submit.kube``), what a line says (``job.submit.state`` and
-the flows in ``job.submit.runs`` write them), TensorFlow.
+the flows in ``job.submit.runs`` write them), writing a line whole from several threads and
+going on when the reader went away (``job.console``), TensorFlow.
 
 Example:
     >>> import sys
@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
-import threading
 from typing import TextIO
+
+from job.console import LineWriter
 
 
 class Terminal:
@@ -30,21 +31,19 @@ class Terminal:
     """
 
     def __init__(self, out: TextIO, *, stdin: TextIO | None) -> None:
-        self._out = out
+        self._writer = LineWriter(out)
         self._stdin = stdin
-        self._lock = threading.Lock()
         self._last: str | None = None
 
     def status(self, line: str) -> None:
-        with self._lock:
+        with self._writer.lock:  # the check and the write as one step
             if line == self._last:
                 return
             self._last = line
-            self._write(line + "\n")
+            self._writer.line(line)
 
     def log(self, line: str) -> None:
-        with self._lock:
-            self._write(line + "\n")
+        self._writer.line(line)
 
     def ask(self, question: str) -> str:
         """Read one answer from a terminal; no terminal, a closed one or a 2nd Ctrl-C: ''."""
@@ -52,15 +51,7 @@ class Terminal:
         try:
             if stdin is None or stdin.closed or not stdin.isatty():
                 return ""
-            with self._lock:
-                self._write(question)
+            self._writer.write(question)
             return stdin.readline().strip().lower()
         except (KeyboardInterrupt, EOFError, OSError, ValueError):
             return ""
-
-    def _write(self, text: str) -> None:
-        try:
-            self._out.write(text)
-            self._out.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away: keep watching anyway
-            pass
