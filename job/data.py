@@ -1,14 +1,13 @@
-"""The dataset: splits, sharding, decode cache, trainability and the ``tf.data`` input path.
+"""The dataset: splits, sharding, decode cache and trainability, without TensorFlow.
 
 Owns: turning the spec's image folders (listed by ``job.listing``) into (a) the
 train / validation / test file lists, with a deterministic stratified split,
 (b) a per-worker shard chosen *before* decoding, (c) decoded uint8 arrays cached
 in memory or in an ``.npy`` file keyed by the file list, sizes, mtimes and decode
-settings, (d) the checks that refuse a dataset a model cannot learn from, and
-(e) the batches fed to the strategy.
-Never touches: the model, strategy creation, the run directory. Decoding itself
-is ``job.images``; TensorFlow is imported only inside the functions that build
-``tf.data`` pipelines, so ``trainjob validate`` stays light.
+settings, and (d) the checks that refuse a dataset a model cannot learn from.
+Never touches: the model, strategy creation, the run directory, TensorFlow (the
+``tf.data`` batches are ``job.pipeline``'s, so ``trainjob validate`` stays light).
+Decoding itself is ``job.images``.
 """
 
 from __future__ import annotations

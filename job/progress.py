@@ -1,7 +1,10 @@
 """What a run prints while it trains: one line per N steps, or a progress bar on a terminal.
 
-Owns: the wording and pacing of progress output on stdout.
-Never touches: training state; it is handed numbers.
+Owns: the wording and pacing of the chief's progress output (``Progress``), and
+``Lines``, the lines every worker prints about itself, tagged with which worker it is.
+Never touches: training state; it is handed numbers. Both print from the thread that
+runs the story of a run, so neither takes a lock (``job.console`` is for printers
+shared by threads).
 """
 
 from __future__ import annotations
