@@ -4,19 +4,29 @@ Owns: an in-memory object store (namespaces, PVCs, ConfigMaps, Services, Jobs, P
 uids, a global resourceVersion counter and creation timestamps; create/get/list/delete with
 label selectors and propagation; proper ``Status`` errors (403/404/409/410/401); watch
 streams of newline-delimited JSON events from a resourceVersion, honouring timeoutSeconds;
-pod logs as text (``follow`` and ``tailLines``); and a small Indexed-Job controller thread
+pod logs as text (``follow`` and ``tailLines``); exec over WebSocket in the channel protocol
+the official client speaks (v4.channel.k8s.io: each binary frame's first byte is its channel,
+1 stdout, 2 stderr, 3 the end as a JSON Status), running the command for real on this machine
+with the pod's volume mounts mapped to host folders; pods created directly (not by a Job)
+scheduled and started by a small kubelet (or held Pending by a script, or by a claim that does
+not exist); and a small Indexed-Job controller thread
 that creates one pod per index, moves it Pending -> Running -> Succeeded/Failed from a
 scripted ``Scenario`` (or by running the pod's command as a local process), applies
 podFailurePolicy, backoffLimit, successPolicy and podReplacementPolicy: Failed, and keeps
 the Job's conditions and counts.
 Hooks for tests: ``forbid`` a verb on a resource, ``expire_next_watch`` (410 Gone, in the
-stream or as HTTP), ``drop_next_watch`` (the connection breaks mid-stream), ``tokens`` (401).
+stream or as HTTP), ``drop_next_watch`` (the connection breaks mid-stream), ``tokens`` (401),
+``script_pod_start`` (how directly created pods start), ``hold_exec_after`` (an exec's output
+stops after N bytes until its pod is deleted).
 RBAC mode (opt-in): ``enforce_rbac(Rbac.load())`` answers 403 to every request the bound
 Roles of k8s/rbac.yaml do not allow, mapping method, path and ``watch=true`` to the RBAC
-verb as the API server does; ``access`` records the (verb, group, resource) of every request,
+verb as the API server does (an exec, a GET upgraded to a WebSocket, is checked as ``get``
+and then, as from Kubernetes 1.35, as ``create``); ``access`` records the (verb, group,
+resource) of every request,
 so a test can prove that the Role grants exactly what a client uses.
 Never touches: the code under test; it is stdlib only (PyYAML is imported only to read the
-RBAC files), so it fakes the edge and nothing else.
+RBAC files, ``websockets`` only for the exec handshake and frames), so it fakes the edge and
+nothing else.
 
 Example:
     >>> with FakeKube(scenario={0: [Attempt(logs=("hello",))]}) as fake:   # doctest: +SKIP
@@ -26,12 +36,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import string
@@ -63,6 +75,8 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/(?P<name>[^/]+)$"), "namespaces", False),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log$"), "pods/log",
      True),
+    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/exec$"), "pods/exec",
+     True),
     (re.compile(rf"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<res>{'|'.join(_CORE)})"
                 r"(?:/(?P<name>[^/]+))?$"), None, True),
     (re.compile(r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/(?P<res>jobs)(?:/(?P<name>[^/]+))?$"),
@@ -74,6 +88,13 @@ _KIND = {"namespaces": "Namespace", "pods": "Pod", "services": "Service",
 _GROUP = {"jobs": "batch"}
 _VERBS = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}
 """The RBAC verb of each write method; GET is get, list or watch (see ``_verb``)."""
+
+EXEC_PROTOCOL = "v4.channel.k8s.io"
+"""The exec subprotocol the fake speaks (the client offers v5 and v4)."""
+EXEC_CHUNK_BYTES = 64 * 1024
+"""Bytes of a command's output per WebSocket frame."""
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+"""On pods the Job controller made; pods without it were created directly."""
 
 Permission = tuple[str, str, str]
 """(verb, API group, resource) as RBAC names them, e.g. ("get", "", "pods/log")."""
@@ -195,6 +216,12 @@ class _Hooks:
     watch: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     """Per resource, what the next watch connections do, one action per connection."""
     drop_log: list[int] = field(default_factory=list)
+    pod_start: tuple[tuple[str, str], ...] = ()
+    """(reason, message) Pending states a directly created pod shows before it runs."""
+    pod_starts: bool = True
+    """False: a directly created pod stays in its last Pending state for ever."""
+    hold_exec_after: int | None = None
+    """Exec output stops after this many bytes until the pod is deleted (Ctrl-C tests)."""
 
 
 class FakeKube:
@@ -238,6 +265,8 @@ class FakeKube:
         self._logs: dict[tuple[str, str], list[str]] = {}
         self._runtime: dict[tuple[str, str], _Runtime] = {}
         self._job_ports: dict[str, list[int]] = {}
+        self._execs: dict[tuple[str, str], list[subprocess.Popen]] = {}
+        """Commands running in each pod through exec; they die with their pod."""
         self._rv = 0
         self._hooks = _Hooks()
         self._stopping = False
@@ -342,6 +371,19 @@ class FakeKube:
         """The next followed log stream breaks after N lines."""
         self._hooks.drop_log.append(after_lines)
 
+    def script_pod_start(self, *pending: tuple[str, str], starts: bool = True) -> None:
+        """Pods created directly show these (reason, message) Pending states, then run.
+
+        'Unschedulable' is a scheduling condition, anything else (ErrImagePull, ...) a
+        container waiting reason. With ``starts=False`` the last state stays for ever.
+        """
+        self._hooks.pod_start = tuple(pending)
+        self._hooks.pod_starts = starts
+
+    def hold_exec_after(self, *, output_bytes: int) -> None:
+        """Every exec's output stops after ``output_bytes`` until its pod is deleted."""
+        self._hooks.hold_exec_after = output_bytes
+
     # --- inspection --------------------------------------------------------------------
     def objects(self, resource: str, namespace: str | None = None) -> list[dict]:
         """Deep copies of the stored objects of one resource, oldest first."""
@@ -401,6 +443,8 @@ class FakeKube:
             runtime = self._runtime.pop((namespace, name), None)
             if runtime:
                 _kill(runtime.process)
+            for process in self._execs.pop((namespace, name), []):
+                _kill(process)
         obj = copy.deepcopy(obj)
         obj["metadata"]["deletionTimestamp"] = _now()
         return self._store(resource, namespace, obj, "DELETED")
@@ -415,10 +459,13 @@ class FakeKube:
         # The controller's own clock: one scripted step per tick, whatever the client does.
         while not self._stop_event.wait(TICK_SECONDS):
             with self._cond:
-                for (resource, namespace, _), job in list(self._objects.items()):
-                    if resource == "jobs" and not _finished(job) and (
+                for (resource, namespace, _), obj in list(self._objects.items()):
+                    if resource == "jobs" and not _finished(obj) and (
                             namespace in self._watched or not self.start_on_watch):
-                        self._reconcile(namespace, job)
+                        self._reconcile(namespace, obj)
+                    elif resource == "pods" and CONTROLLER_UID_LABEL not in (
+                            obj["metadata"].get("labels") or {}):
+                        self._kubelet(namespace, obj)
 
     def _reconcile(self, namespace: str, job: dict) -> None:
         spec = job["spec"]
@@ -447,6 +494,27 @@ class FakeKube:
             if index not in succeeded and all(p["status"]["phase"] == "Failed" for p in mine):
                 pods.append(self._create_pod(namespace, job, index, attempt=len(mine)))
         self._update_job_status(namespace, job, pods)
+
+    def _kubelet(self, namespace: str, pod: dict) -> None:
+        """A pod created directly: scheduled, then Running, one step per tick (or held)."""
+        runtime = self._runtime.get((namespace, pod["metadata"]["name"]))
+        if runtime is None or pod["status"].get("phase") != "Pending":
+            return
+        missing = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"].get("volumes")
+                   or [] if "persistentVolumeClaim" in v and ("persistentvolumeclaims", namespace,
+                   v["persistentVolumeClaim"]["claimName"]) not in self._objects]
+        script = [("Unschedulable", f'0/1 nodes are available: persistentvolumeclaim '
+                                    f'"{missing[0]}" not found.')] if missing \
+            else list(self._hooks.pod_start)
+        if runtime.step < len(script) or (script and (missing or not self._hooks.pod_starts)):
+            status = _pending_status(*script[min(runtime.step, len(script) - 1)])
+        else:
+            status = _running_status()
+        runtime.step += 1
+        if status != pod["status"]:
+            pod = copy.deepcopy(pod)
+            pod["status"] = status
+            self._store("pods", namespace, pod, "MODIFIED")
 
     def _counts(self, namespace: str, pod: dict) -> bool:
         runtime = self._runtime.get((namespace, pod["metadata"]["name"]))
@@ -612,14 +680,7 @@ class FakeKube:
             host.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"]] = host
 
-        # One pass, longest mount first: a host folder that itself lies under /tmp must not
-        # be rewritten again by the /tmp mount.
-        alternatives = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
-        pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[\s'\",\]}}])", re.M)
-
-        def on_host(text: str) -> str:
-            return pattern.sub(lambda m: str(mounts[m.group(1)]), text)
-
+        on_host = _host_rewriter(mounts)
         for source, host in config_maps:
             data = self._objects[("configmaps", namespace, source["name"])].get("data") or {}
             items = source.get("items") or [{"key": k, "path": k} for k in data]
@@ -716,14 +777,20 @@ class _Handler(BaseHTTPRequestHandler):
         resource, namespace, name = route
         verb = _verb(method, name=name, query=query)
         group = _GROUP.get(resource, "")
-        fake.access.append((verb, group, resource))
-        if (verb, resource) in fake._hooks.forbidden or (
-                fake.rbac is not None and not fake.rbac.allows(
-                    verb, group, resource, namespace=namespace, name=name)):
-            fake.refused.append((verb, group, resource))
-            return self._forbidden(verb, group, resource, namespace, name)
+        # An exec over WebSocket is a GET: authorized as get, then (Kubernetes 1.35+,
+        # AuthorizePodWebsocketUpgradeCreatePermission) also as create, like SPDY's POST.
+        for checked in (verb, "create") if resource == "pods/exec" and verb == "get" \
+                else (verb,):
+            fake.access.append((checked, group, resource))
+            if (checked, resource) in fake._hooks.forbidden or (
+                    fake.rbac is not None and not fake.rbac.allows(
+                        checked, group, resource, namespace=namespace, name=name)):
+                fake.refused.append((checked, group, resource))
+                return self._forbidden(checked, group, resource, namespace, name)
         if resource == "pods/log":
             return self._log(namespace, name, query)
+        if resource == "pods/exec":
+            return self._exec(namespace, name, parse_qs(url.query))
         if verb == "watch":
             return self._watch(resource, namespace, query)
         with fake._cond:
@@ -747,6 +814,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if resource == "jobs":
                     obj["status"] = {}
                     fake._on_job_created(obj)
+                if resource == "pods":
+                    obj["status"] = {"phase": "Pending"}
+                    fake._runtime[(namespace, key[2])] = _Runtime(index=-1, attempt=Attempt())
                 return self._json(201, copy.deepcopy(fake._store(resource, namespace, obj,
                                                                  "ADDED")))
             if key not in fake._objects:
@@ -804,6 +874,85 @@ class _Handler(BaseHTTPRequestHandler):
         # No terminating chunk and a hard close: the client sees a broken response.
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
+
+    # --- exec ----------------------------------------------------------------------------
+    def _exec(self, namespace: str, name: str, query: Mapping[str, list[str]]) -> None:
+        """Run the command on this machine, the pod's claims mapped to their host folders,
+        and stream it back over a WebSocket in the v4 channel protocol."""
+        fake = self.fake
+        with fake._cond:
+            pod = copy.deepcopy(fake._objects.get(("pods", namespace, name)))
+        if pod is None:
+            return self._status(404, "NotFound", f'pods "{name}" not found',
+                                details={"kind": "pods", "name": name})
+        if pod["status"].get("phase") != "Running":
+            return self._status(400, "BadRequest", "unable to upgrade connection: container "
+                                f"not found ({query.get('container', ['?'])[0]!r})")
+        if (self.headers.get("Upgrade") or "").lower() != "websocket":
+            return self._status(400, "BadRequest", "the fake speaks exec over WebSocket only")
+        socket_ = _ExecSocket(self)
+        if not socket_.handshake():
+            return
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: fake.volumes[claims[m["name"]]]
+                  for m in pod["spec"]["containers"][0].get("volumeMounts") or []
+                  if claims.get(m["name"]) in fake.volumes}
+        on_host = _host_rewriter(mounts)
+        try:
+            process = subprocess.Popen([on_host(a) for a in query.get("command", [])],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as error:
+            socket_.finish({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": "InternalError",
+                            "message": f"exec failed: {error.strerror}"})
+            return
+        with fake._cond:
+            fake._execs.setdefault((namespace, name), []).append(process)
+        try:
+            self._pump_exec(namespace, name, process, socket_)
+        finally:
+            _kill(process)
+
+    def _pump_exec(self, namespace: str, name: str, process: subprocess.Popen,
+                   socket_: _ExecSocket) -> None:
+        fake = self.fake
+        assert process.stdout is not None and process.stderr is not None
+        stderr = process.stderr
+        errors = threading.Thread(target=lambda: [socket_.send(2, chunk) for chunk in iter(
+            lambda: stderr.read1(EXEC_CHUNK_BYTES), b"")], daemon=True)
+        errors.start()
+        sent = 0
+        hold = fake._hooks.hold_exec_after
+        while socket_.open:
+            chunk = process.stdout.read1(EXEC_CHUNK_BYTES)
+            if not chunk:
+                break
+            if hold is not None and sent + len(chunk) > hold:
+                socket_.send(1, chunk[:max(0, hold - sent)])
+                return self._hold_exec(namespace, name, socket_)
+            socket_.send(1, chunk)
+            sent += len(chunk)
+        code = process.wait()
+        errors.join(timeout=10)
+        code = code if code >= 0 else 128 - code
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"} \
+            if code == 0 else {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "NonZeroExitCode",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        socket_.finish(status)
+
+    def _hold_exec(self, namespace: str, name: str, socket_: _ExecSocket) -> None:
+        """Send nothing more until the pod goes (its command dies with it), then cut."""
+        fake = self.fake
+        with fake._cond:
+            while ("pods", namespace, name) in fake._objects and not fake._stopping \
+                    and not _peer_closed(self.connection):
+                fake._cond.wait(0.1)
+        socket_.cut()
 
     # --- watch and logs ----------------------------------------------------------------
     def _watch(self, resource: str, namespace: str, query: Mapping[str, str]) -> None:
@@ -905,7 +1054,113 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+class _ExecSocket:
+    """The server side of one exec WebSocket, on the handler's connection (sans-I/O
+    ``websockets`` protocol: it builds the handshake and frames, we move the bytes)."""
+
+    def __init__(self, handler: _Handler) -> None:
+        from websockets.server import ServerProtocol
+        from websockets.typing import Subprotocol
+
+        self._handler = handler
+        self._protocol = ServerProtocol(subprotocols=[Subprotocol(EXEC_PROTOCOL)])
+        self._lock = threading.Lock()
+        self.open = True
+        handler.close_connection = True
+
+    def handshake(self) -> bool:
+        from websockets.datastructures import Headers
+        from websockets.http11 import Request
+
+        request = Request(path=self._handler.path,
+                          headers=Headers(list(self._handler.headers.items())))
+        response = self._protocol.accept(request)
+        self._protocol.send_response(response)
+        self._flush()
+        return response.status_code == 101
+
+    def send(self, channel: int, data: bytes) -> None:
+        with self._lock:
+            if self.open:
+                self._protocol.send_binary(bytes([channel]) + data)
+                self._flush()
+
+    def finish(self, status: Mapping[str, Any]) -> None:
+        """Channel 3 says how the command ended; then a normal close."""
+        self.send(3, json.dumps(status).encode())
+        with self._lock:
+            if self.open:
+                self._protocol.send_close(1000)
+                self._flush()
+                self.open = False
+
+    def cut(self) -> None:
+        """End the connection without a status, as a dying container would."""
+        with self._lock:
+            self.open = False
+            with contextlib.suppress(OSError):
+                self._handler.connection.shutdown(socket.SHUT_RDWR)
+
+    def _flush(self) -> None:
+        try:
+            for data in self._protocol.data_to_send():
+                if data:
+                    self._handler.wfile.write(data)
+            self._handler.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client went away
+            self.open = False
+        if self.open and _peer_closed(self._handler.connection):
+            self.open = False
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    """Whether the client closed its end (readable, and nothing or a close frame to read)."""
+    readable, _, _ = select.select([connection], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK) in (b"", b"\x88")
+    except OSError:
+        return True
+
+
+# --- what a chief leaves on the models volume ---------------------------------------------
+def write_run_directory(folder: Path, *, model: bytes, sha256: str | None = None) -> Path:
+    """A finished run's directory, as the chief writes it: model.h5 and its sha256 in
+    metrics.json (``sha256`` overrides it, to fake damage), labels, history, the spec,
+    TensorBoard logs and checkpoints. Returns ``folder``."""
+    import hashlib
+
+    digest = sha256 or hashlib.sha256(model).hexdigest()
+    files = {
+        "model.h5": model,
+        "metrics.json": json.dumps({"val_accuracy": 0.93, "model_sha256": digest}).encode(),
+        "labels.json": b'["circle", "square"]',
+        "history.csv": b"epoch,loss\n1,0.5\n",
+        "spec.yaml": b"name: tiny\n",
+        "logs/train/events.out.tfevents.1": os.urandom(3000),
+        "checkpoints/checkpoint": b'model_checkpoint_path: "ckpt-2"\n',
+        "checkpoints/ckpt-2.index": os.urandom(500),
+        "checkpoints/ckpt-2.data-00000-of-00001": os.urandom(200_000),
+    }
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
 # --- pure helpers ----------------------------------------------------------------------
+def _host_rewriter(mounts: Mapping[str, Path]) -> Callable[[str], str]:
+    """Rewrite pod paths under any of ``mounts`` (mount path -> host folder) to host paths."""
+    if not mounts:
+        return lambda text: text
+    # One pass, longest mount first: a host folder that itself lies under /tmp must not be
+    # rewritten again by the /tmp mount.
+    alternatives = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[\s'\",\]}}])", re.M)
+    return lambda text: pattern.sub(lambda m: str(mounts[m.group(1)]), text)
+
+
 def _verb(method: str, *, name: str | None, query: Mapping[str, str]) -> str:
     """The RBAC verb of a request: GET on an item is get, on a collection list, or watch."""
     if method == "GET":
