@@ -121,6 +121,9 @@ def _submitter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true", help="create and detach at once")
     p.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
                    help="stream the chief's logs while watching (default: on)")
+    p.add_argument("--pull", nargs="?", type=Path, const=Path(PULL_DEST), default=None,
+                   metavar="DEST", help="once the run succeeds, pull its directory to "
+                                        f"DEST/<run id> (default DEST: {PULL_DEST})")
     p.set_defaults(handler=_submit)
 
     for name, help_text in (("status", "show a run's state"),
@@ -140,6 +143,26 @@ def _submitter_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list trainjob runs in the namespace")
     _cluster_flags(p)
     p.set_defaults(handler=_run_command)
+    _pull_command(sub)
+
+
+def _pull_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pull", help="copy a run directory from the models volume to here")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("dest", metavar="DEST", type=Path, nargs="?", default=Path(PULL_DEST),
+                   help=f"the run lands in DEST/RUN (default: {PULL_DEST})")
+    p.add_argument("--with-checkpoints", action="store_true",
+                   help="also fetch checkpoints/ (left on the volume by default)")
+    p.add_argument("--partial", action="store_true",
+                   help="pull a run that is still running or failed: what it has written")
+    p.add_argument("--claim", default=None,
+                   help="the models claim, when the cluster no longer knows the run "
+                        "(default: the claim of k8s/pvc-models.yaml)")
+    p.add_argument("--image", default=None,
+                   help="the pull pod's image (default: the run's own; needed once the run's "
+                        "Job and ConfigMap are gone)")
+    _cluster_flags(p)
+    p.set_defaults(handler=_pull)
 
 
 def _cluster_flags(p: argparse.ArgumentParser) -> None:
@@ -223,15 +246,28 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PULL_DEST = "models"
+"""Where ``pull`` puts runs: ``output.dir``'s default, so pulled runs sit beside local ones."""
+
+
 def _submit(args: argparse.Namespace) -> int:
     from job import spec as spec_module
     from job.submit import runs
 
     spec = spec_module.load(args.spec)
     options = runs.SubmitOptions(image=args.image, run_id=_run_id(args, default=None),
-                                 wait=not args.no_wait, follow=args.follow)
+                                 wait=not args.no_wait, follow=args.follow, pull_to=args.pull)
     return runs.submit(spec, options=options,
                        target=runs.Target(namespace=args.namespace, context=args.context))
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from job.submit import pull
+
+    options = pull.PullOptions(namespace=args.namespace, context=args.context,
+                               claim=args.claim, image=args.image,
+                               with_checkpoints=args.with_checkpoints, partial=args.partial)
+    return pull.pull(args.run_id, args.dest, options=options)
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_kube import Attempt, FakeKube, Rbac
+from fake_kube import Attempt, FakeKube, Rbac, write_run_directory
 
 from job import cli
 from job import spec as spec_module
 from job.errors import EXIT_INTERRUPTED, ClusterError, JobFailed
-from job.submit import runs
+from job.submit import pull, runs
 from job.submit.kube import Forbidden, Kube
 from job.submit.state import (
     INDEX_LABEL,
@@ -388,21 +388,24 @@ def test_list_says_so_when_there_are_no_runs(cluster):
 
 
 # --- RBAC: k8s/rbac.yaml grants exactly what the commands use -------------------------------
-def rbac_cluster(cluster, rbac: Rbac, scenario) -> FakeKube:
+def rbac_cluster(cluster, rbac: Rbac, scenario, **options) -> FakeKube:
     """A fake cluster prepared as `kubectl apply -k k8s/` leaves it, enforcing its RBAC."""
     fake = cluster(scenario, pvcs=[(rbac.namespace, "trainjob-models"),
-                                   (rbac.namespace, "trainjob-data")])
+                                   (rbac.namespace, "trainjob-data")], **options)
     fake.add_namespace(rbac.namespace)
     fake.enforce_rbac(rbac)
     return fake
 
 
-def test_rbac_role_grants_exactly_what_the_submitter_uses(spec_path, cluster):
+def test_rbac_role_grants_exactly_what_the_submitter_uses(spec_path, cluster, tmp_path):
     # Every command succeeds as a user bound only by k8s/rbac.yaml, and together they use
     # every grant: so the Role lacks nothing and grants nothing unused.
     rbac = Rbac.load()
     spec = spec_module.from_dict(spec_dict(namespace=rbac.namespace), base_dir=spec_path.parent)
-    good = rbac_cluster(cluster, rbac, {0: [Attempt(logs=("epoch 1", "done"))], 1: [Attempt()]})
+    volume = tmp_path / "models-volume"
+    write_run_directory(volume / RUN, model=b"weights")  # what the chief leaves there
+    good = rbac_cluster(cluster, rbac, {0: [Attempt(logs=("epoch 1", "done"))], 1: [Attempt()]},
+                        volumes={"trainjob-models": volume})
     kube = client(good, namespace=rbac.namespace)
 
     code, lines = submit(spec, good, kube=kube)
@@ -418,6 +421,7 @@ def test_rbac_role_grants_exactly_what_the_submitter_uses(spec_path, cluster):
         out = io.StringIO()
         assert runs.logs(RUN, follow=follow, out=out, target=runs.Target(kube=kube)) == 0
         assert out.getvalue() == "epoch 1\ndone\n"
+    assert pull.pull(RUN, tmp_path / "pulled", kube=kube, out=io.StringIO()) == 0
     assert runs.cancel(RUN, out=io.StringIO(), target=runs.Target(kube=kube)) == 0
     assert run_objects(good, rbac.namespace) == NOTHING
 

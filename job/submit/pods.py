@@ -10,15 +10,16 @@ pure: same input, same output.
 Never touches: the ``kubernetes`` package, the network, files, TensorFlow.
 
 Example:
-    >>> pod = render_pull_pod(name="shapes-x7k2p-pull-b4k9z", run_id="shapes-x7k2p",
-    ...                       claim="trainjob-models", mount="/models",
-    ...                       image="ghcr.io/me/trainjob:1", lifetime_seconds=3600)
+    >>> pod = render_pull_pod(PullPod(
+    ...     name="shapes-x7k2p-pull-b4k9z", run_id="shapes-x7k2p", claim="trainjob-models",
+    ...     mount="/models", image="ghcr.io/me/trainjob:1", lifetime_seconds=3600))
     >>> pod["spec"]["containers"][0]["command"]
     ['sleep', '3600']
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from job import __version__
@@ -64,60 +65,64 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def render_pull_pod(*, name: str, run_id: str, claim: str, mount: str, image: str,
-                    lifetime_seconds: int, service_account: str | None = None
-                    ) -> dict[str, Any]:
-    """The pull pod: the models claim mounted read-only at ``mount``, and ``sleep`` to exec into.
+@dataclass(frozen=True)
+class PullPod:
+    """What a pull pod is made of."""
+
+    name: str
+    """The pod's name (see ``pull_pod_name``)."""
+    run_id: str
+    """The run being pulled, for the ``LABEL_PULL_OF`` label."""
+    claim: str
+    """The models PersistentVolumeClaim."""
+    mount: str
+    """Where the pod mounts it: the run's own models mount, so paths read as in the run."""
+    image: str
+    """Any image with ``tar``, ``du`` and ``sleep``; the run's own image has them."""
+    lifetime_seconds: int
+    """How long the pod may live at most."""
+    service_account: str | None = None
+    """The run's ServiceAccount, whose imagePullSecrets may be needed for its image."""
+
+
+def render_pull_pod(pod: PullPod) -> dict[str, Any]:
+    """The pull pod: the models claim mounted read-only, and ``sleep`` to exec into.
 
     It ends by itself after ``lifetime_seconds`` twice over, in case the machine that started
     it vanishes: ``sleep`` exits (the pod completes and frees its resources), and
     ``activeDeadlineSeconds`` stops it even if the container hangs.
-
-    Args:
-        name: the pod's name (see ``PULL_POD_SUFFIX``).
-        run_id: the run being pulled, for the ``LABEL_PULL_OF`` label.
-        claim, mount: the models PersistentVolumeClaim, and where the pod mounts it.
-        image: any image with ``tar`` and ``sleep``; the run's own image has both.
-        lifetime_seconds: how long the pod may live at most.
-        service_account: the run's ServiceAccount, whose imagePullSecrets may be needed.
     """
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": lifetime_seconds,
+        "activeDeadlineSeconds": pod.lifetime_seconds,
         "terminationGracePeriodSeconds": PULL_GRACE_SECONDS,
         # It never calls the Kubernetes API: no token in the pod.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
-        "containers": [{
-            "name": PULL_CONTAINER_NAME,
-            "image": image,
-            # command replaces the image's ENTRYPOINT (trainjob in ours).
-            "command": ["sleep", str(lifetime_seconds)],
-            "resources": {k: dict(v) for k, v in PULL_RESOURCES.items()},
-            "volumeMounts": [{"name": "models", "mountPath": mount, "readOnly": True}],
-            "securityContext": container_security_context(),
-        }],
-        "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim,
+        "containers": [_pull_container(pod)],
+        "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": pod.claim,
                                                                  "readOnly": True}}],
     }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
+    if pod.service_account:
+        pod_spec["serviceAccountName"] = pod.service_account
+    labels = {"app.kubernetes.io/name": "trainjob", "app.kubernetes.io/component": "pull",
+              "app.kubernetes.io/managed-by": "trainjob",
+              "app.kubernetes.io/version": __version__,
+              LABEL_PULL_OF: pod.run_id, LABEL_PULL_POD: pod.name}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "labels": labels}, "spec": pod_spec}
+
+
+def _pull_container(pod: PullPod) -> dict[str, Any]:
     return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "app.kubernetes.io/name": "trainjob",
-                "app.kubernetes.io/component": "pull",
-                "app.kubernetes.io/managed-by": "trainjob",
-                "app.kubernetes.io/version": __version__,
-                LABEL_PULL_OF: run_id,
-                LABEL_PULL_POD: name,
-            },
-        },
-        "spec": pod_spec,
+        "name": PULL_CONTAINER_NAME,
+        "image": pod.image,
+        # command replaces the image's ENTRYPOINT (trainjob in ours).
+        "command": ["sleep", str(pod.lifetime_seconds)],
+        "resources": {k: dict(v) for k, v in PULL_RESOURCES.items()},
+        "volumeMounts": [{"name": "models", "mountPath": pod.mount, "readOnly": True}],
+        "securityContext": container_security_context(),
     }
 
 

@@ -3,12 +3,14 @@
 Owns: the submitter's flows and what they print. The story of ``submit``: check the namespace
 and volumes, create the ConfigMap, Service and Job (all or none), then watch pod and Job
 events until the Job ends, printing one status line per change and the chief's log, and
-finally where the model is, or which pod failed and why. ``Target``, the cluster and namespace
+finally where the model is, or which pod failed and why (and, with ``pull_to``, the run
+directory pulled to this machine by ``job.submit.pull``). ``Target``, the cluster and namespace
 a command was pointed at; ``RunRef``, the run every command opens: its cluster, its namespace
 and the commands to paste for it.
 Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door),
 manifest building (``job.submit.manifests``), turning events into state and lines
-(``job.submit.state``), the threads that follow a run (``job.submit.follow``).
+(``job.submit.state``), the threads that follow a run (``job.submit.follow``), how a pull
+works (``job.submit.pull``).
 
 Example:
     >>> submit(load("examples/shapes.yaml"),  # doctest: +SKIP
@@ -25,6 +27,7 @@ import datetime
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
@@ -32,7 +35,7 @@ import yaml
 from job.errors import EXIT_INTERRUPTED, EXIT_OK, ClusterError, JobFailed
 from job.spec import Spec
 from job.submit import kube as kube_module
-from job.submit import manifests
+from job.submit import manifests, pull
 from job.submit.follow import RunFollow
 from job.submit.kube import Kube, NotFound
 from job.submit.state import (
@@ -51,6 +54,7 @@ from job.submit.state import (
     why_failed,
 )
 from job.submit.terminal import Terminal
+from job.submit.unpack import PullRefused
 
 LOG_TAIL_LINES = 20
 """Lines of a failed pod's log shown with the failure: enough for a traceback's end."""
@@ -92,6 +96,9 @@ class SubmitOptions:
     """Watch until the Job ends; False prints the run id and returns at once."""
     follow: bool = True
     """Stream the chief's log while watching: the run's progress, as ``trainjob local`` shows."""
+    pull_to: Path | None = None
+    """Once the run succeeds, pull its directory into this folder (``trainjob pull``); None:
+    leave it on the models volume."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,9 @@ def submit(spec: Spec, *, options: SubmitOptions | None = None, target: Target |
         ClusterError: the cluster refused a request or could not be reached.
     """
     options, target = options or SubmitOptions(), target or Target()
+    if options.pull_to is not None and not options.wait:
+        raise PullRefused("--pull needs submit to watch the run to its end; drop --no-wait, or "
+                          "pull later with `trainjob pull RUN`.")
     namespace = target.namespace or spec.cluster.namespace
     run_id = options.run_id or manifests.new_run_id(spec.name)
     docs = manifests.render_manifests(spec, run_id=run_id, image=options.image,
@@ -213,9 +223,13 @@ def submit(spec: Spec, *, options: SubmitOptions | None = None, target: Target |
         return EXIT_OK
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     pod_spec = yaml.safe_load(config_map["data"][manifests.SPEC_FILE_NAME])
-    return _watch_run(run, workers=spec.cluster.workers, follow=options.follow,
+    code = _watch_run(run, workers=spec.cluster.workers, follow=options.follow,
                       terminal=terminal,
                       model=model_location(pod_spec, run_id=run_id))
+    if code != EXIT_OK or options.pull_to is None:
+        return code
+    return pull.pull(run_id, options.pull_to, kube=run.kube, out=out,
+                     options=pull.PullOptions(namespace=namespace, context=target.context))
 
 
 def _check_prerequisites(run: RunRef, spec: Spec, terminal: Terminal) -> None:
