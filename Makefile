@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= examples/shapes.yaml
 IMAGE ?=
+RUN ?=
+DEST ?= models
 DOCKER ?= docker
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint bench bench-smoke image push render submit clean
+.PHONY: help setup demo test lint bench bench-smoke image push render submit pull clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +57,10 @@ render: $(STAMP) ## Print the Kubernetes manifests for SPEC (IMAGE= overrides cl
 
 submit: $(STAMP) ## Submit SPEC to the cluster and watch it (IMAGE= overrides cluster.image)
 	$(BIN)/trainjob submit $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+
+pull: $(STAMP) ## Copy run RUN from the cluster's models volume to DEST/RUN (DEST=models; IMAGE= once the cluster forgot the run)
+	@test -n "$(RUN)" || { echo "make pull: set RUN=<run id> (trainjob list shows them)" >&2; exit 2; }
+	$(BIN)/trainjob pull $(RUN) $(DEST) $(if $(IMAGE),--image $(IMAGE))
 
 clean: ## Remove the venv, demo outputs and caches
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache bench/results.json bench/work
