@@ -88,7 +88,8 @@ def test_smoke_run_writes_every_output_file(smoke):
     steps = smoke.metrics()["steps"]
     assert (root / "checkpoints" / "checkpoint").is_file()
     assert (root / "checkpoints" / f"ckpt-{steps}.index").is_file()
-    assert list((root / "logs").glob("events.out.tfevents.*"))
+    assert list((root / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((root / "logs" / "validation").glob("events.out.tfevents.*"))
     # Atomic writes leave no temp files behind.
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
     assert f"model: {root / 'model.h5'}" in smoke.out
