@@ -3,7 +3,8 @@
 Owns: the strategy (default, Mirrored or MultiWorkerMirrored), the dtype policy's
 agreement across workers, the optimizer, the compiled training and evaluation
 steps (``strategy.run`` inside ``tf.function``, the loss scaled by the global
-batch), the step statistics (``StepStats``), the all-reduce helpers (sums and votes
+batch), the step statistics (``StepStats``), an evaluation's figures and its exact
+confusion matrix across workers (``EvalResult``), the all-reduce helpers (sums and votes
 over every replica), the batch-norm statistics sync, restoring a checkpoint (with
 fallback past damaged ones), and which errors mean a lost peer.
 Never touches: the order of a run (``job.train``), the run directory's layout and
@@ -19,7 +20,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -170,30 +171,75 @@ def _traced_as_is(replica_step):
     return tf.autograph.experimental.do_not_convert(replica_step)
 
 
-def make_evaluator(strategy, model, loss_fn) -> Callable[..., tuple[float, float]]:
-    """``evaluate(dataset, num_steps) -> (loss, accuracy)`` over weighted batches."""
-    def replica_step(images, labels, weights):
+class EvalResult(NamedTuple):
+    """What an evaluation reports, over the whole split across every worker."""
+
+    loss: float
+    """Mean per-example loss."""
+    accuracy: float
+    """Fraction of the split's images predicted right."""
+    confusion: np.ndarray | None = None
+    """Counts of (true class, predicted class), int64 (classes, classes), rows the true
+    class; None unless the evaluation was asked for it."""
+
+    def figures(self, split: str) -> dict[str, Any]:
+        """metrics.json's figures of ``split`` ('val', 'test'): plain JSON types.
+
+        Example:
+            >>> EvalResult(0.5, 0.75, np.array([[3, 1], [0, 0]])).figures("val")
+            {'val_loss': 0.5, 'val_accuracy': 0.75, 'val_confusion_matrix': [[3, 1], [0, 0]]}
+        """
+        figures: dict[str, Any] = {f"{split}_loss": self.loss, f"{split}_accuracy": self.accuracy}
+        if self.confusion is not None:
+            figures[f"{split}_confusion_matrix"] = self.confusion.tolist()
+        return figures
+
+
+def make_evaluator(strategy, model, loss_fn) -> Callable[..., EvalResult]:
+    """``evaluate(dataset, num_steps, *, confusion=False) -> EvalResult`` over weighted batches.
+
+    With ``confusion``, each step's all-reduce also carries the batch's counts of (true
+    class, predicted class), classes² numbers, so the matrix is exact over the whole
+    split on any number of workers: padding has weight 0 and counts nowhere, and float32
+    sums are exact up to 2**24 images per cell. Without it the all-reduce stays three
+    numbers; the loop asks for the matrix at the last validation and the test only,
+    which keeps the other epochs' validation as fast with a thousand classes as with two.
+    """
+    num_classes = int(model.output_shape[-1])
+
+    def replica_step(images, labels, weights, with_confusion: bool):
         probabilities = model(tf.cast(images, "float32"), training=False)
         per_example = loss_fn(labels, probabilities)
         correct = keras.metrics.sparse_categorical_accuracy(labels, probabilities)
-        return tf.stack([tf.reduce_sum(per_example * weights),
+        sums = tf.stack([tf.reduce_sum(per_example * weights),
                          tf.reduce_sum(tf.cast(correct, "float32") * weights),
                          tf.reduce_sum(weights)])
+        if not with_confusion:
+            return sums
+        # The same argmax as the accuracy: a cell per (true, predicted) pair.
+        cells = (tf.cast(labels, "int32") * num_classes
+                 + tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+        counts = tf.math.unsorted_segment_sum(weights, cells, num_classes * num_classes)
+        return tf.concat([sums, counts], axis=0)
 
     @tf.function
-    def eval_steps(iterator, num_steps):
+    def eval_steps(iterator, num_steps, with_confusion: bool):
         # The whole split in one call, as train_steps does: no Python round trip per batch.
-        totals = tf.zeros([3])
+        # with_confusion is a Python bool: each value is its own trace.
+        step = _traced_as_is(lambda *batch: replica_step(*batch, with_confusion))
+        totals = tf.zeros([3 + (num_classes * num_classes if with_confusion else 0)])
         for _ in tf.range(num_steps):
             images, labels, weights = next(iterator)
-            sums = strategy.run(_traced_as_is(replica_step), args=(images, labels, weights))
+            sums = strategy.run(step, args=(images, labels, weights))
             totals += strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
         return totals
 
-    def evaluate(dataset, num_steps: int) -> tuple[float, float]:
-        totals = eval_steps(iter(dataset), tf.constant(num_steps, "int32")).numpy().tolist()
-        count = max(totals[2], 1.0)
-        return totals[0] / count, totals[1] / count
+    def evaluate(dataset, num_steps: int, *, confusion: bool = False) -> EvalResult:
+        totals = eval_steps(iter(dataset), tf.constant(num_steps, "int32"), confusion).numpy()
+        count = max(float(totals[2]), 1.0)
+        matrix = (np.rint(totals[3:]).astype(np.int64).reshape(num_classes, num_classes)
+                  if confusion else None)
+        return EvalResult(float(totals[0]) / count, float(totals[1]) / count, matrix)
 
     return evaluate
 

@@ -1,22 +1,36 @@
-"""The trained model out of the run: the float32 copy, its digests, and the files.
+"""The trained model out of the run: the float32 copy, its digests, the files, the report.
 
 Owns: turning a mixed-precision model into the float32 one that is exported, the
-digest of the weights every worker reports (so workers can be compared), and the
-order of the final writes: the model first, then labels, spec and metrics
-(``metrics.json`` last: its presence means the run is complete).
-Never touches: training, where files live (``job.run_dir`` writes them).
+digest of the weights every worker reports (so workers can be compared), the
+per-class figures of metrics.json (from each split's confusion matrix, by
+``job.metrics``), and the order of the final writes: the model first, then labels,
+spec and metrics (``metrics.json`` last: its presence means the run is complete);
+then the chief's run report (``report``), which may fail only with a warning line.
+Never touches: training, where files live (``job.run_dir`` writes them), drawing
+(``job.report``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from job import data
+from job.metrics import averages, class_scores
+
+REPORT_FOLDER = "report"
+"""The run report's folder, beside model.h5."""
+PREDICT_BATCH = 64
+"""Images per forward pass when the chief scores its validation images for the report:
+a few MB of activations for the built-in backbones at their usual sizes."""
 
 
 def float32_copy(model, build: Callable[[], Any]):
@@ -42,6 +56,7 @@ def export(run, model, *, metrics: dict[str, Any], spec_dict: dict[str, Any],
     ``log(text)`` prints a line; ``log.tagged(text)`` one that names the worker.
     """
     metrics["weights_sha256"] = weights_sha256(model)
+    metrics.update(class_figures(metrics, class_names))
     # Every worker saves (collectives may need all of them); only the chief's is shared.
     model_path, metrics["model_sha256"] = run.save_model(model)
     run.write_text("weights.sha256", metrics["weights_sha256"] + "\n")
@@ -70,3 +85,91 @@ def weights_sha256(model) -> str:
 
 def _to_numpy(weight):
     return np.ascontiguousarray(np.asarray(weight.numpy()))
+
+
+def class_figures(metrics: dict[str, Any], class_names) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support of every split with a confusion matrix.
+
+    ``<split>_classes`` (one dict per class, in label order) and ``<split>_averages``
+    (macro and support-weighted), for metrics.json. A score with nothing to divide by
+    is None (null), never a silent 0.
+    """
+    figures: dict[str, Any] = {}
+    for split in ("val", "test"):
+        matrix = metrics.get(f"{split}_confusion_matrix")
+        if matrix is None:
+            continue
+        scores = class_scores(np.asarray(matrix), tuple(class_names))
+        figures[f"{split}_classes"] = [vars(score).copy() for score in scores]
+        figures[f"{split}_averages"] = averages(scores)
+    return figures
+
+
+def report(model, *, metrics: dict[str, Any], reporter, items, decoded, cluster) -> Path | None:
+    """The chief's run report in ``report/``, and its confusion matrices in TensorBoard.
+
+    Called after every worker has exported, so the chief's predictions here hold no
+    peer up. ``items`` is the whole validation split and ``decoded`` the chief's
+    shard of it (``cluster`` says which). The report never fails the run: whatever
+    goes wrong drawing it (matplotlib, a full disk, a bug) is one warning line on
+    stderr, and the run still succeeds with its model and metrics.json.
+    """
+    folder = reporter.run.root / REPORT_FOLDER
+    try:
+        from job import report as drawing  # matplotlib: loaded by the chief, at the end only
+
+        worst = _worst(model, data.shard(items, index=cluster.index,
+                                         num_workers=cluster.num_workers),
+                       decoded, workers=cluster.num_workers, count=drawing.WORST_IMAGES)
+        written = drawing.write_report(folder, drawing.RunReport(
+            run_id=str(metrics.get("run_id", reporter.run.shared.name)),
+            class_names=tuple(metrics["classes"]), metrics=metrics,
+            history=tuple(reporter.history), worst=worst))
+        reporter.confusion_matrices(written.confusion_pngs, epoch=int(metrics["epochs"]))
+    except Exception as error:  # Anything at all: the report must never fail the run.
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        print(f"warning: {folder}: the run report could not be drawn "
+              f"({type(error).__name__}: {reason}); the model and metrics.json are complete",
+              file=sys.stderr, flush=True)
+        return None
+    reporter.line(f"report: {folder / 'report.html'}")
+    return folder
+
+
+def _worst(model, shard, decoded, *, workers: int, count: int):
+    """The ``count`` images of the chief's validation shard with the lowest probability
+    of their true class, for the report's grid."""
+    from job.report import Worst, lowest_true_probability
+
+    true_probability, predicted = true_class_probabilities(model, decoded.pixels,
+                                                           decoded.labels)
+    bad = {path for path, _ in decoded.bad}
+    paths = [path for path in shard.paths if path not in bad]
+    # Decoded rows are the shard's readable files in order; names only when they line up.
+    names = ([Path(path).name for path in paths] if len(paths) == len(decoded.labels)
+             else [""] * len(decoded.labels))
+    chosen = lowest_true_probability(true_probability, count=count)
+    return Worst(pixels=np.asarray(decoded.pixels[chosen]),
+                 labels=decoded.labels[chosen], predicted=predicted[chosen],
+                 true_probability=true_probability[chosen],
+                 names=tuple(names[i] for i in chosen), shard_images=len(decoded.labels),
+                 workers=workers)
+
+
+def true_class_probabilities(model, pixels, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's probability of its true class, and its predicted class.
+
+    Batch by batch in inference mode, on this worker alone (no collective), keeping two
+    numbers per image rather than every class's probability.
+    """
+    forward = tf.function(lambda batch: model(tf.cast(batch, "float32"), training=False),
+                          reduce_retracing=True)
+    true_parts, predicted_parts = [], []
+    for start in range(0, len(labels), PREDICT_BATCH):
+        probabilities = forward(np.asarray(pixels[start:start + PREDICT_BATCH])).numpy()
+        batch_labels = np.asarray(labels[start:start + PREDICT_BATCH], dtype=np.int64)
+        true_parts.append(probabilities[np.arange(len(batch_labels)), batch_labels])
+        predicted_parts.append(probabilities.argmax(axis=1))
+    if not true_parts:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(true_parts), np.concatenate(predicted_parts)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from job.cluster import Cluster
     from job.data import Decoded, Splits
-    from job.distributed import StepStats
+    from job.distributed import EvalResult, StepStats
     from job.precision import Choice
     from job.reporter import Reporter
     from job.run_dir import RunDir
@@ -164,8 +164,8 @@ class _Loop:
 
     train_steps: Callable[[Any, int, bool], StepStats]
     """(iterator, num_steps, preempted) -> the steps' statistics over every replica."""
-    evaluate: Callable[[str], tuple[float, float]]
-    """split name -> (loss, accuracy) over the whole split, across every worker."""
+    evaluate: Callable[..., EvalResult]
+    """(split name, confusion=) -> its figures over the whole split, across every worker."""
     sync_statistics: Callable[[], None]
     checkpoint: tf.train.Checkpoint
     step: tf.Variable
@@ -185,7 +185,7 @@ class _Trained:
 
 
 def _train(ctx: _Context) -> Result:
-    """From decoding to export: the rest of the run's story, on every worker."""
+    """From decoding to export (and the chief's report): the rest of the run's story."""
     from job import distributed, export
 
     started = _start(ctx)
@@ -208,6 +208,9 @@ def _train(ctx: _Context) -> Result:
         model = export.float32_copy(model, build=lambda: _build_model(ctx, weights=None))
     export.export(ctx.run, model, metrics=metrics, spec_dict=ctx.spec.to_dict(),
                   class_names=ctx.splits.class_names, log=ctx.log)
+    if ctx.cluster.is_chief:  # A report that cannot be drawn is a warning, never a failure.
+        export.report(model, metrics=metrics, reporter=loop.reporter, items=ctx.splits.val,
+                      decoded=started.decoded["val"], cluster=ctx.cluster)
     return Result(metrics=metrics, run_dir=ctx.run.shared)
 
 
@@ -353,12 +356,12 @@ def _train_iterator(ctx: _Context, started: _Started, *, start_step: int):
 
 
 def _evaluator(ctx: _Context, started: _Started, evaluate_batches):
-    """``evaluate(name) -> (loss, accuracy)`` over the whole split, across all workers."""
+    """``evaluate(name, confusion=False) -> EvalResult``: a whole split, across all workers."""
     from job import data, pipeline
 
     plan, datasets = started.plan, {}
 
-    def evaluate(name: str) -> tuple[float, float]:
+    def evaluate(name: str, *, confusion: bool = False) -> EvalResult:
         if name not in datasets:
             steps = data.eval_batch_count(len(getattr(ctx.splits, name)),
                                           num_workers=ctx.cluster.num_workers,
@@ -368,7 +371,7 @@ def _evaluator(ctx: _Context, started: _Started, evaluate_batches):
                                             batch_size=plan.replica_batch,
                                             num_batches=steps * plan.local_replicas))
         steps, dataset = datasets[name]
-        return evaluate_batches(dataset, steps)
+        return evaluate_batches(dataset, steps, confusion=confusion)
 
     return evaluate
 
@@ -388,12 +391,11 @@ def _train_epochs(ctx: _Context, plan: _Plan, *, loop: _Loop, start_step: int) -
                          / max(epoch_seconds, 1e-9))
         row["seconds"] = epoch_seconds
         loop.reporter.on_epoch_end(row, epochs=ctx.spec.train.epochs)
-        final = {k: row[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+        final = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
     if final is None:
         # Restarted after the last step (the export had not finished): nothing to train,
         # but the outputs are re-derived, the train figures from the history's last row.
-        val_loss, val_accuracy = loop.evaluate("val")
-        final = {**last_train, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        final = {**last_train, **loop.evaluate("val", confusion=True).figures("val")}
     return _Trained(step=step, final=final,
                     images_per_second=images / seconds if seconds else None)
 
@@ -433,13 +435,14 @@ def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int, stats: Step
     from job import distributed
 
     loop.sync_statistics()
-    val_loss, val_accuracy = loop.evaluate("val")
-    _check_finite(val_loss, step=step, epoch=epoch, ctx=ctx, loop=loop, what="val_loss")
+    # The confusion matrix at the last epoch's validation only: it is the one reported.
+    val = loop.evaluate("val", confusion=epoch + 1 == ctx.spec.train.epochs)
+    _check_finite(val.loss, step=step, epoch=epoch, ctx=ctx, loop=loop, what="val_loss")
     if step % ctx.spec.output.checkpoint_every_steps:
         distributed.save(loop.manager, loop.step, step)  # Every epoch end is a checkpoint too.
     return {"epoch": epoch + 1, "step": step, "train_loss": stats.loss,
-            "train_accuracy": stats.accuracy, "val_loss": val_loss,
-            "val_accuracy": val_accuracy, "images_per_second": images_per_second}
+            "train_accuracy": stats.accuracy, **val.figures("val"),
+            "images_per_second": images_per_second}
 
 
 def _check_finite(value: float, *, step: int, epoch: int, ctx: _Context, loop: _Loop,
@@ -460,13 +463,13 @@ def _check_finite(value: float, *, step: int, epoch: int, ctx: _Context, loop: _
                    "--restart or a new --run-id")
 
 
-def _test(started: _Started, loop: _Loop) -> dict[str, float]:
-    """The test split's loss and accuracy, when the run has one."""
+def _test(started: _Started, loop: _Loop) -> dict[str, Any]:
+    """The test split's loss, accuracy and confusion matrix, when the run has one."""
     if "test" not in started.decoded:
         return {}
-    test_loss, test_accuracy = loop.evaluate("test")
-    loop.reporter.line(f"test: loss {test_loss:.4f} accuracy {test_accuracy:.4f}")
-    return {"test_loss": test_loss, "test_accuracy": test_accuracy}
+    test = loop.evaluate("test", confusion=True)
+    loop.reporter.line(f"test: loss {test.loss:.4f} accuracy {test.accuracy:.4f}")
+    return test.figures("test")
 
 
 def _run_facts(ctx: _Context, started: _Started, *, trained: _Trained,

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import tiny_spec, write_spec
@@ -129,7 +130,7 @@ def test_two_workers_train_to_identical_weights(shapes_data, tmp_path, env):
     # Only the chief wrote the shared run directory; worker 1's model stayed in its scratch.
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["checkpoints", "fingerprint.json", "history.csv", "labels.json", "logs", "metrics.json",
-         "model.h5", "spec.yaml", "weights.sha256"])
+         "model.h5", "report", "spec.yaml", "weights.sha256"])
     assert not list((run / "checkpoints").glob("*worker*"))
     assert "[worker 0]" in launcher.log() and "[worker 1]" in launcher.log()
 
@@ -137,6 +138,43 @@ def test_two_workers_train_to_identical_weights(shapes_data, tmp_path, env):
 
     model = keras.models.load_model(run / "model.h5")
     assert model.output_shape == (None, 4)
+
+
+def test_two_workers_report_the_confusion_matrix_one_worker_computes(shapes_data, tmp_path,
+                                                                    env):
+    """Each worker evaluates its own shard; the all-reduced counts are the whole split's.
+
+    72 validation images, 36 per worker in batches of 8 (so 4 padding images each, which
+    must count nowhere), and the 40 test images: the matrices in metrics.json must equal
+    the ones computed here, in one process, from model.h5 over every image. Float32, so
+    that the run's predictions and model.h5's are the same arithmetic.
+    """
+    import keras
+
+    from job import data, metrics
+    from job import spec as spec_module
+
+    out = tmp_path / "models"
+    spec = tiny_spec(shapes_data, out, data={"val_split": 0.3},
+                     train={"epochs": 1, "mixed_precision": False})
+    launcher = Launcher(write_spec(tmp_path, spec), workers=2, max_restarts=0, run_id="cm",
+                        env=env)
+    assert launcher.wait() == 0, launcher.log()
+
+    run = out / "cm"
+    found = json.loads((run / "metrics.json").read_text())
+    loaded = spec_module.load(run / "spec.yaml")
+    splits = data.make_splits(loaded.data, seed=loaded.train.seed)
+    model = keras.models.load_model(run / "model.h5", compile=False)
+    for split in ("val", "test"):
+        decoded = data.decode(getattr(splits, split), spec=loaded.data, cache_dir=None)
+        predicted = model.predict(np.asarray(decoded.pixels), verbose=0).argmax(axis=1)
+        expected = metrics.confusion_matrix(decoded.labels, predicted, num_classes=4)
+        np.testing.assert_array_equal(np.array(found[f"{split}_confusion_matrix"]), expected)
+    assert len(splits.val) == 72 and sum(map(sum, found["val_confusion_matrix"])) == 72
+    # The worst-image grid is drawn from the chief's shard, and the report says so.
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert "the 36 of the 72 validation images (50%) that the chief evaluated" in page
 
 
 def start_long_run(data: Path, tmp_path: Path, env: dict[str, str], *, checkpoint_every: int,
