@@ -14,6 +14,8 @@ Layout::
 
     model.h5  labels.json  metrics.json  history.csv  spec.yaml  fingerprint.json
     checkpoints/  logs/
+    report/               pictures of a finished run, which ``job.report`` draws (and
+                          publishes whole) after metrics.json: not a run output
     ../.<run-id>.lock     held while a process trains the run
 """
 
