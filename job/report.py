@@ -280,6 +280,7 @@ def plot_worst_images(worst: Worst, class_names: Sequence[str],
             axes.axis("off")
             if index < count:
                 _thumbnail(axes, worst, index, class_names)
+        figure.suptitle("lowest probability of the true class, worst first", fontsize=10)
         figure.tight_layout()
         with replacing(path, suffix=".png") as tmp:
             figure.savefig(tmp, format="png")
@@ -337,6 +338,7 @@ img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 table { border-collapse: collapse; margin: 8px 0; font-variant-numeric: tabular-nums; }
 th, td { padding: 3px 12px; text-align: right; border-bottom: 1px solid #e6e9ee; }
 th:first-child, td:first-child { text-align: left; } tr.avg td { color: #5a6472; }
+.pair { display: flex; flex-wrap: wrap; gap: 8px 32px; align-items: center; }
 """
 """Inline, like the pictures: the file must read the same from a volume or an e-mail."""
 FACTS = (
@@ -369,11 +371,11 @@ def render_html(report: RunReport, pictures: Mapping[str, bytes],
                                                 "loss and accuracy per epoch")]
     for split, name in SPLITS:
         if tables.get(split) is not None:
-            parts += [f"<h2>{name.capitalize()} set</h2>",
+            parts += [f"<h2>{name.capitalize()} set</h2><div class=\"pair\">",
                       _image(pictures, f"confusion_matrix_{split}.png",
-                             f"confusion matrix, {name} set"),
-                      "<p class=\"note\">Rows: true class; columns: predicted class; colour: "
-                      "the share of the true class's images.</p>", _table(tables[split])]
+                             f"confusion matrix, {name} set"), _table(tables[split]),
+                      "</div><p class=\"note\">Rows: true class; columns: predicted class; "
+                      "colour: the share of the true class's images.</p>"]
     if report.worst is not None and "worst_val.png" in pictures:
         parts += ["<h2>Worst-classified validation images</h2>",
                   f"<p class=\"note\">{escape(_worst_note(report))}</p>",
