@@ -157,12 +157,25 @@ def test_pull_brings_the_run_directory_leaves_checkpoints_and_deletes_its_pod(
                                                     .read_bytes())
     same_tree(run_dir, pulled)
     assert sorted(p.name for p in (tmp_path / "here").iterdir()) == [RUN]  # no staging left
-    assert lines[0].startswith(f"pulling run {RUN} from {CLAIM}:/models/{RUN} (")
-    assert lines[0].endswith("checkpoints left on the volume)")
+    assert lines[0].startswith(f"pulling {RUN} (")
+    assert lines[0].endswith(f" KiB) from {CLAIM}:/models/{RUN}")
     sha = hashlib.sha256(MODEL).hexdigest()
-    assert lines[-1].startswith(f"pulled run {RUN} to {pulled}: 6 files, ")
-    assert lines[-1].endswith(f"; model.h5 matches metrics.json (sha256 {sha[:16]}...)")
+    assert lines[-3].startswith(f"pulled {RUN} to {pulled}: 6 files, ")
+    assert lines[-2:] == [f"model.h5 matches metrics.json (sha256 {sha[:16]}...)",
+                          "checkpoints/ stayed on the volume (--with-checkpoints fetches it)"]
     assert created_pull_pods(fake) == 1 and pull_pods(fake) == []
+
+
+def test_claim_is_for_runs_the_cluster_forgot_and_says_so_when_not_used(
+        cluster, volume, tmp_path):
+    write_run_directory(volume / RUN, model=MODEL)
+    fake = cluster()
+    submitted(fake, tmp_path)
+
+    lines = pull_run(fake, tmp_path / "here", claim="other")
+
+    assert lines[0] == f"note: --claim 'other' is not used: run {RUN} wrote to claim '{CLAIM}'"
+    assert (tmp_path / "here" / RUN / "model.h5").read_bytes() == MODEL
 
 
 def test_with_checkpoints_brings_them_too(cluster, volume, tmp_path):
@@ -173,7 +186,7 @@ def test_with_checkpoints_brings_them_too(cluster, volume, tmp_path):
     lines = pull_run(fake, tmp_path / "here", with_checkpoints=True)
 
     same_tree(run_dir, tmp_path / "here" / RUN)
-    assert "checkpoints left" not in lines[0]
+    assert lines[-1].startswith("model.h5 matches metrics.json")
 
 
 def test_pull_pod_mounts_the_claim_read_only_under_the_training_pods_security_profile(
@@ -412,9 +425,9 @@ def test_a_forgotten_run_needs_an_image_and_is_found_on_the_default_claim(
         pull_run(fake, tmp_path / "here")
 
     lines = pull_run(fake, tmp_path / "here", image=IMAGE)
-    assert lines[0] == (f"note: run {RUN}: the cluster no longer knows it (its Job and "
-                        f"ConfigMap are gone); looking for it on claim '{CLAIM}' at "
-                        f"/models/{RUN}")
+    assert lines[0] == (f"note: run {RUN}: the cluster does not know it (no Job, no "
+                        "ConfigMap: cleaned up, cancelled, or a typo); looking for it on claim "
+                        f"'{CLAIM}' at /models/{RUN}")
     assert (tmp_path / "here" / RUN / "model.h5").read_bytes() == MODEL
 
 
@@ -445,7 +458,7 @@ def test_ctrl_c_mid_transfer_deletes_the_pod_and_leaves_no_run_folder(
                                 str(tmp_path / "here")], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        assert process.stdout.readline().startswith(f"pulling run {RUN}")
+        assert process.stdout.readline().startswith(f"pulling {RUN} (")
         deadline = time.monotonic() + 30
         while not any((tmp_path / "here").glob(f".{RUN}.pull-*/*")):  # the transfer began
             assert time.monotonic() < deadline, "the transfer never began"
@@ -474,8 +487,8 @@ def test_submit_pull_brings_the_run_home_once_it_succeeds(cluster, volume, tmp_p
     assert code == 0
     lines = out.getvalue().splitlines()
     model_line = lines.index(f"model: {CLAIM}:/models/{RUN}/model.h5")
-    assert lines[model_line + 1].startswith(f"pulling run {RUN} from ")
-    assert lines[-1].startswith(f"pulled run {RUN} to {tmp_path / 'here' / RUN}: ")
+    assert lines[model_line + 1].startswith(f"pulling {RUN} (")
+    assert lines[-3].startswith(f"pulled {RUN} to {tmp_path / 'here' / RUN}: ")
     assert (tmp_path / "here" / RUN / "model.h5").read_bytes() == MODEL
 
 

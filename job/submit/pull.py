@@ -17,8 +17,10 @@ Never touches: the ``kubernetes`` package (``job.submit.kube``), pod rendering
 
 Example:
     >>> pull("shapes-x7k2p", Path("models"), options=PullOptions(namespace="ml"))  # doctest: +SKIP
-    pulling run shapes-x7k2p from trainjob-models:/models/shapes-x7k2p (2.1 MiB, checkpoints left)
-    pulled run shapes-x7k2p to models/shapes-x7k2p: 9 files, 2.1 MiB in 1.2 s (1.8 MiB/s); ...
+    pulling shapes-x7k2p (2.1 MiB) from trainjob-models:/models/shapes-x7k2p
+    pulled shapes-x7k2p to models/shapes-x7k2p: 9 files, 2.1 MiB in 1.2 s (1.8 MiB/s)
+    model.h5 matches metrics.json (sha256 470058475c7349f0...)
+    checkpoints/ stayed on the volume (--with-checkpoints fetches it)
 """
 
 from __future__ import annotations
@@ -125,24 +127,23 @@ def pull(run_id: str, dest: Path, *, options: PullOptions = PullOptions(),
     kube = kube or kube_module.connect(context=options.context)
     namespace = options.namespace or kube.default_namespace
     source = locate(kube, namespace, run_id, options=options)
-    _check_state(source, run_id, partial=options.partial, out=out)
+    _check_state(source, run_id, options=options, out=out)
     image = _image(source, run_id, options=options)
     _check_claim(kube, namespace, source.claim)
     with staging(dest, run_id) as folder, \
             _pull_pod(kube, namespace, run_id, source=source, image=image,
                       options=options) as pod:
         total = _measure(kube, namespace, pod, source=source, options=options)
-        left = "" if options.with_checkpoints else ", checkpoints left on the volume"
-        out.write(f"pulling run {run_id} from {source.claim}:{source.run_dir} "
-                  f"({size_text(total) if total is not None else 'size unknown'}{left})\n")
+        size = size_text(total) if total is not None else "size unknown"
+        out.write(f"pulling {run_id} ({size}) from {source.claim}:{source.run_dir}\n")
         out.flush()
         progress = Progress(out, total=total)
         files = _transfer(kube, namespace, pod, source=source, options=options,
                           unpack_into=(folder, progress))
         checked = verify(folder, partial=options.partial)
         place(folder, dest / run_id)
-    _report(out, run_id=run_id, target=dest / run_id, files=files, progress=progress,
-            checked=checked)
+    _report(out, target=dest / run_id, files=files, progress=progress,
+            checked=checked, left=() if options.with_checkpoints else (CHECKPOINTS_DIR,))
     return EXIT_OK
 
 
@@ -157,7 +158,8 @@ def locate(kube: Kube, namespace: str, run_id: str, *, options: PullOptions) -> 
         mount = manifests.EMPTYDIR_MODELS_MOUNT
         return Source(claim=claim, mount=mount, run_dir=posixpath.join(mount, run_id),
                       image=None, service_account=None, state="unknown",
-                      detail="the cluster no longer knows it (its Job and ConfigMap are gone)")
+                      detail="the cluster does not know it (no Job, no ConfigMap: cleaned "
+                             "up, cancelled, or a typo)")
     cluster = (pod_spec or {}).get("cluster") or {}
     volume = cluster.get("models_volume") or _job_models_volume(job)
     if not volume:
@@ -215,8 +217,9 @@ def _job_state(job: Mapping[str, Any] | None) -> tuple[str, str]:
     return (view.outcome or "running"), ""
 
 
-def _check_state(source: Source, run_id: str, *, partial: bool, out: TextIO) -> None:
+def _check_state(source: Source, run_id: str, *, options: PullOptions, out: TextIO) -> None:
     """Refuse a run that is still running or failed, unless ``partial``; say what is known."""
+    partial = options.partial
     if source.state == "running" and not partial:
         raise PullRefused(f"run {run_id} is still running; its model is written when it "
                           f"succeeds. Wait for it (trainjob status {run_id}), or pass "
@@ -228,9 +231,12 @@ def _check_state(source: Source, run_id: str, *, partial: bool, out: TextIO) -> 
     if source.state in ("running", "failed"):
         how = "is still running" if source.state == "running" else "failed"
         out.write(f"note: run {run_id} {how}; pulling what it has written\n")
-    elif source.state == "unknown":
+    if source.detail.startswith("the cluster does not know it"):
         out.write(f"note: run {run_id}: {source.detail}; looking for it on claim "
                   f"{source.claim!r} at {source.run_dir}\n")
+    elif options.claim and options.claim != source.claim:
+        out.write(f"note: --claim {options.claim!r} is not used: run {run_id} wrote to "
+                  f"claim {source.claim!r}\n")
 
 
 def _image(source: Source, run_id: str, *, options: PullOptions) -> str:
@@ -351,13 +357,15 @@ def _transfer(kube: Kube, namespace: str, pod: str, *, source: Source, options: 
     return files
 
 
-def _report(out: TextIO, *, run_id: str, target: Path, files: int, progress: Progress,
-            checked: Verified) -> None:
-    for note in checked.notes:
-        out.write(f"note: {note}\n")
-    sha256 = checked.sha256
-    matched = f"; model.h5 matches metrics.json (sha256 {sha256[:16]}...)" if sha256 else ""
-    out.write(f"pulled run {run_id} to {target}: {files} files, {size_text(progress.done)} in "
-              f"{progress.seconds:.1f} s ({size_text(progress.done / progress.seconds)}/s)"
-              f"{matched}\n")
+def _report(out: TextIO, *, target: Path, files: int, progress: Progress, checked: Verified,
+            left: tuple[str, ...]) -> None:
+    """What arrived where (``target``, named after the run) and how fast, what was checked,
+    and what stayed behind."""
+    lines = [f"note: {note}" for note in checked.notes]
+    lines.append(f"pulled {target.name} to {target}: {files} files, {size_text(progress.done)} in "
+                 f"{progress.seconds:.1f} s ({size_text(progress.done / progress.seconds)}/s)")
+    if checked.sha256:
+        lines.append(f"model.h5 matches metrics.json (sha256 {checked.sha256[:16]}...)")
+    lines += [f"{name}/ stayed on the volume (--with-{name} fetches it)" for name in left]
+    out.write("".join(f"{line}\n" for line in lines))
     out.flush()

@@ -79,6 +79,7 @@ class Progress:
         self.total = total
         self.done = 0
         self.started = time.monotonic()
+        self.ended: float | None = None
         self._tty = _isatty(out)
         self._drawn = 0.0
 
@@ -90,7 +91,8 @@ class Progress:
             self._draw()
 
     def finish(self, *, complete: bool = True) -> None:
-        """End the bar's line: drawn full when ``complete``, as it stood when not."""
+        """Stop the clock and end the bar's line: drawn full when ``complete``, else as it stood."""
+        self.ended = time.monotonic()
         if self._tty and (complete or self._drawn):
             self._draw(final=complete)
             self.out.write("\n")
@@ -98,7 +100,8 @@ class Progress:
 
     @property
     def seconds(self) -> float:
-        return max(time.monotonic() - self.started, 1e-6)
+        """Seconds from the first byte awaited to ``finish`` (or to now, before it)."""
+        return max((self.ended or time.monotonic()) - self.started, 1e-6)
 
     def _draw(self, *, final: bool = False) -> None:
         rate = f"{size_text(self.done / self.seconds)}/s"
