@@ -253,7 +253,7 @@ def test_ctrl_c_while_a_run_decodes_exits_130_without_finishing_the_decode(tmp_p
     Image.new("RGB", (6000, 6000), (200, 30, 30)).save(big, compress_level=1)
     for label in ("a", "b"):
         (tmp_path / "train" / label).mkdir(parents=True)
-        for i in range(24):  # copies, not links: a linked file is listed once
+        for i in range(90):  # copies, not links: a linked file is listed once
             shutil.copyfile(big, tmp_path / "train" / label / f"{i}.png")
     cache = tmp_path / "cache"
     spec = write_spec(tmp_path, {
