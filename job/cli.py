@@ -101,8 +101,50 @@ def _parser() -> argparse.ArgumentParser:
                    help="discard the run directory's old run once, then start the workers")
     p.set_defaults(handler=_local)
 
+    _model_commands(sub)
     _submitter_commands(sub)
     return parser
+
+
+TOP_K = 3
+"""Classes shown per image, and evaluate's top-k accuracy: the runners-up that matter for a
+confused pair, and a top-k accuracy that is not trivially 1 on a handful of classes."""
+
+
+def _model_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict images with a trained model, decoded as in "
+                                       "training")
+    p.add_argument("model", metavar="RUN_DIR|MODEL", type=Path,
+                   help="a run directory, or a model file (.h5) without one")
+    p.add_argument("paths", metavar="PATH", nargs="+",
+                   help="images, folders (walked) or list files (.txt, one path a line)")
+    p.add_argument("--top-k", type=_positive, default=TOP_K, metavar="K",
+                   help="classes shown per image (default: %(default)s)")
+    p.add_argument("--output", type=Path, default=None, metavar="FILE.csv|FILE.json",
+                   help="write the rows there (default: a table on stdout)")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("evaluate", help="score a trained model on a class-per-subfolder folder")
+    p.add_argument("model", metavar="RUN_DIR", type=Path,
+                   help="a run directory, or a model file (.h5) without one")
+    p.add_argument("data_dir", metavar="DATA_DIR", type=Path,
+                   help="one subfolder of images per class, named as in training")
+    p.add_argument("--top-k", type=_positive, default=TOP_K, metavar="K",
+                   help="k of the top-k accuracy (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where evaluation.json and the PNG go (default: "
+                        "RUN_DIR/evaluations/<DATA_DIR's name>)")
+    p.set_defaults(handler=_evaluate)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _submitter_commands(sub: argparse._SubParsersAction) -> None:
@@ -209,6 +251,19 @@ def _validate(args: argparse.Namespace) -> int:
     report = data.scan(spec.data, seed=spec.train.seed)
     print(report.describe())
     return report.exit_code(spec.data.on_bad_image)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from job import predict  # imports TensorFlow when it loads the model
+
+    return predict.predict(args.model, args.paths, top_k=args.top_k, output=args.output)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from job import predict
+
+    predict.evaluate(args.model, args.data_dir, top_k=args.top_k, out_dir=args.out)
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
