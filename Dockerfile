@@ -14,13 +14,15 @@ LABEL org.opencontainers.image.title="trainjob" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # HOME and the caches point at /tmp because the pod's root filesystem is read-only; the Job
-# mounts an emptyDir there.
+# mounts an emptyDir there. KERAS_HOME does not: that emptyDir would hide the weights baked in
+# below. Keras only reads it in the pods (a download, when a spec allows one, goes to
+# /tmp/.keras, as Keras itself does with a cache it cannot write).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/tmp \
-    KERAS_HOME=/tmp/.keras \
+    KERAS_HOME=/opt/keras \
     MPLCONFIGDIR=/tmp/.matplotlib \
     TF_CPP_MIN_LOG_LEVEL=1
 
@@ -41,7 +43,15 @@ COPY job/ ./job/
 RUN python3 -m pip install --no-cache-dir --no-deps . \
  && trainjob --version
 
-# 3. The non-root user the pod's securityContext runs as (uid and gid 1000). Some base images
+# 3. ImageNet weights baked in, for specs with `model.weights: imagenet`:
+#      --build-arg WEIGHTS="vgg16 resnet50"   (vgg16 resnet50 mobilenet_v2 efficientnet_b0)
+#    fetches those backbones' notop files from Keras's own URLs into $KERAS_HOME/models, where
+#    runs look first. Empty by default: no download, a smaller image.
+ARG WEIGHTS=""
+# $WEIGHTS is unquoted on purpose: one argument per backbone.
+RUN if [ -n "$WEIGHTS" ]; then trainjob weights fetch $WEIGHTS; fi
+
+# 4. The non-root user the pod's securityContext runs as (uid and gid 1000). Some base images
 #    already have a user 1000; keep it then.
 RUN (getent group 1000 || groupadd --gid 1000 trainjob) \
  && (getent passwd 1000 || useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp \

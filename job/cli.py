@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _model_commands(sub)
     _submitter_commands(sub)
+    _weights_commands(sub)
     return parser
 
 
@@ -336,3 +337,30 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.command == "logs":
         return runs.logs(args.run_id, follow=args.follow, worker=args.worker, target=target)
     return runs.list_runs(target=target)
+
+
+def _weights_commands(sub: argparse._SubParsersAction) -> None:
+    from job.weights import DEFAULT_SIZE, MIRROR_ENV, MOBILENET_V2_SIZES
+
+    p = sub.add_parser("weights", help="ImageNet weights for the keras.applications backbones")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = actions.add_parser("fetch", help="download backbones' notop files, each with its sha256 "
+                                         "beside it (on a machine with internet)",
+                           epilog=f"Downloads from Keras's own URLs; ${MIRROR_ENV} replaces "
+                                  "their https://storage.googleapis.com base with a mirror.")
+    p.add_argument("backbones", metavar="BACKBONE", nargs="+",
+                   help="vgg16, resnet50, mobilenet_v2 or efficientnet_b0")
+    p.add_argument("--to", type=Path, default=None, metavar="DIR",
+                   help="where the files go (default: Keras's cache, $KERAS_HOME/models, "
+                        "where runs look first); a folder for model.weights_dir")
+    p.add_argument("--image-size", type=int, default=DEFAULT_SIZE, choices=MOBILENET_V2_SIZES,
+                   help="mobilenet_v2 only: Keras's file for this input size; other sizes use "
+                        "224's (default: %(default)s)")
+    p.set_defaults(handler=_weights_fetch)
+
+
+def _weights_fetch(args: argparse.Namespace) -> int:
+    from job import weights
+
+    weights.fetch(args.backbones, to=args.to, image_size=args.image_size, env=os.environ)
+    return EXIT_OK

@@ -122,6 +122,13 @@ class StorageError(TrainjobError):
     exit_code = EXIT_BAD_INPUT
 
 
+class WeightsError(TrainjobError):
+    """ImageNet weights cannot be found, downloaded or trusted: the message names the file,
+    where it was looked for or fetched from, and the command that provides it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class RunInUse(TrainjobError):
     """Another process holds the run directory's lock."""
 

@@ -1,24 +1,32 @@
 """The classifier: a small built-in CNN or a ``keras.applications`` backbone.
 
-Owns: ``build_model``, the backbones, in-model preprocessing (rescaling) and
-augmentation layers (active only in training, run on the accelerator).
-Never touches: data loading, files other than a local weights file the spec
-names, strategy creation (the caller builds the model under ``strategy.scope()``).
+Owns: ``build_model``, the backbones, in-model preprocessing (each backbone's own
+``preprocess_input``, built from plain layers, so model.h5 takes 0-255 pixels),
+augmentation layers (active only in training, run on the accelerator), and loading
+the weights file the spec names or ``job.weights`` finds for ``imagenet``.
+Never touches: data loading, other files, where ImageNet weights come from
+(``job.weights``), strategy creation (the caller builds the model under
+``strategy.scope()``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from job import weights as weights_module
 from job.errors import SpecError
-from job.spec import AugmentSpec, ModelSpec
+from job.spec import IMAGENET, AugmentSpec, ModelSpec
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 """ImageNet channel means the VGG16 and ResNet50 weights were trained with (BGR order)."""
+_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+"""ImageNet channel standard deviations (0-1 pixels), as keras.applications.efficientnet has
+them: its ImageNet model divides by their square roots once more (see _fold_imagenet_scale)."""
 
 
 def _caffe(x):
@@ -58,10 +66,11 @@ def build_model(*, input_shape: tuple[int, int, int], num_classes: int,
         num_classes: size of the softmax output.
         model: the spec's model section (None: ``ModelSpec()``, the spec's defaults):
             the backbone (``small_cnn`` or a keras.applications name); the weights
-            file to start from (None: random; backbone-only "notop" weights for an
-            applications backbone, or full-model weights of the same architecture,
-            e.g. an earlier run's model.h5); the dropout before the classifier head;
-            the training-time augmentation.
+            file to start from (None: random; ``imagenet``: the backbone's Keras
+            ImageNet file, which ``job.weights`` finds or fetches; backbone-only
+            "notop" weights for an applications backbone, or full-model weights of the
+            same architecture, e.g. an earlier run's model.h5); the dropout before the
+            classifier head; the training-time augmentation.
         seed: seeds the augmentation layers.
 
     Example:
@@ -87,8 +96,19 @@ def build_model(*, input_shape: tuple[int, int, int], num_classes: int,
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     classifier = keras.Model(inputs, outputs, name=f"trainjob_{backbone}")
     if spec.weights is not None:
-        _load_weights(classifier, backbone_weights, Path(spec.weights))
+        _start_from(spec, classifier, backbone=backbone_weights, image_size=input_shape[:2])
     return classifier
+
+
+def _start_from(spec: ModelSpec, classifier: keras.Model, *, backbone: keras.Model | None,
+                image_size: tuple[int, int]) -> None:
+    """Load model.weights: the ImageNet file ``job.weights`` finds, or the file named."""
+    path = (weights_module.resolve(spec, image_size=image_size, env=os.environ)
+            if spec.weights == IMAGENET else Path(spec.weights))
+    loaded = _load_weights(classifier, backbone, path)
+    if loaded is backbone and spec.backbone.startswith("efficientnet"):
+        # A notop file holds Keras's ImageNet EfficientNet, which scales its input once more.
+        _fold_imagenet_scale(backbone)
 
 
 def _has_augmentation(augment: AugmentSpec | None) -> bool:
@@ -146,19 +166,39 @@ def _application(x, *, backbone: str, input_shape: tuple[int, int, int]):
     return base(x), base
 
 
-def _load_weights(model: keras.Model, backbone: keras.Model | None, path: Path) -> None:
+def _load_weights(model: keras.Model, backbone: keras.Model | None,
+                  path: Path) -> keras.Model:
+    """Load ``path`` into the backbone (a notop file), else the whole model; return which."""
     if not path.is_file():
         raise SpecError(f"model.weights={str(path)!r} does not exist; give the path of a local "
-                        "weights file (there is no download at runtime) or null.")
+                        "weights file, imagenet (see `trainjob weights fetch`) or null.")
     errors = []
     for target in (backbone, model):
         if target is None:
             continue
         try:
             target.load_weights(str(path))
-            return
+            return target
         except Exception as error:  # Keras raises ValueError, OSError, KeyError... by format.
             errors.append(f"{target.name}: {str(error).splitlines()[0] if str(error) else error}")
     raise SpecError(f"model.weights={str(path)!r} does not fit this model ("
                     + "; ".join(errors) + "); use a notop weights file of the same backbone, or "
                     "full-model weights of the same architecture and classes.")
+
+
+def _fold_imagenet_scale(backbone: keras.Model) -> None:
+    """Give an EfficientNet built with weights=None the input scaling of Keras's ImageNet one.
+
+    keras.applications' EfficientNet adds ``Rescaling(1 / sqrt(stddev))`` after its
+    Normalization layer only when built with ``weights="imagenet"`` (see
+    tensorflow/tensorflow#49930); we build with None and load the notop file ourselves, so
+    that layer is missing. Dividing the normalised input by sqrt(stddev) equals normalising
+    with the variance times stddev, so the loaded variance takes that factor: the outputs of
+    Keras's ImageNet model, with the layers of every other run, so model.h5 and full-model
+    weights need nothing special.
+    """
+    (normalization,) = [layer for layer in backbone.layers
+                        if isinstance(layer, layers.Normalization)]
+    normalization.adapt_variance.assign(
+        normalization.adapt_variance.numpy() * np.array(_IMAGENET_STDDEV_RGB, dtype="float32"))
+    normalization.finalize_state()  # Its mean and variance are cached tensors: refresh them.

@@ -100,8 +100,15 @@ class ModelSpec:
     backbone: Literal["small_cnn", "vgg16", "resnet50", "mobilenet_v2",
                       "efficientnet_b0"] = "small_cnn"
     """small_cnn trains from scratch in minutes on a CPU; the others are keras.applications."""
-    weights: Path | None = None
-    """None: random init; or a local weights file (there is no download at runtime)."""
+    weights: Path | Literal["imagenet"] | None = None
+    """None: random init; imagenet: Keras's ImageNet notop file for the backbone, found by
+    job.weights; or a local weights file (notop, or full-model weights)."""
+    weights_dir: Path | None = None
+    """A folder of notop files (``trainjob weights fetch --to``), searched after KERAS_HOME;
+    on the cluster, a folder on the data volume. None: KERAS_HOME only."""
+    allow_download: bool | Literal["auto"] = "auto"
+    """auto: imagenet weights missing here are downloaded, but render writes false for the
+    pods, so eight workers never fetch one file at once; true or false forces it."""
     dropout: float = field(default=0.2, metadata={"low": 0.0, "high": 0.9})
     """Dropout before the classifier head: a mild regulariser that rarely hurts."""
     augment: AugmentSpec = field(default_factory=AugmentSpec)
@@ -110,6 +117,8 @@ class ModelSpec:
 
 BACKBONES: tuple[str, ...] = get_args(get_type_hints(ModelSpec)["backbone"])
 """The model.backbone choices, read from ModelSpec's annotation; job.model builds each."""
+IMAGENET = "imagenet"
+"""model.weights for Keras's ImageNet weights of the backbone (job.weights finds the file)."""
 
 
 @dataclass(frozen=True)
@@ -302,17 +311,17 @@ def _image_size(r: Reader, d: dict) -> tuple[int, int]:
 
 def _model(r: Reader, d: dict) -> ModelSpec:
     r.allowed(d, "model", ModelSpec)
-    weights = d.get("weights")
-    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
-        r.fail("model.weights", weights, "null or a path to a local weights file "
-               "(there is no internet at runtime, so 'imagenet' cannot be downloaded)",
-               "download the .h5/.weights.h5 file once, put it on the data volume and "
-               "give its path")
     augment = r.section(d, "augment", path="model.augment")
     r.allowed(augment, "model.augment", AugmentSpec)
     if "flip" in augment and (augment["flip"] is None or augment["flip"] is False):
         d = dict(d, augment=dict(augment, flip="none"))  # `flip: null` or `flip: no`
-    return r.build(ModelSpec, d, "model")
+    imagenet = isinstance(d.get("weights"), str) and d["weights"].strip().lower() == IMAGENET
+    if imagenet and d.get("backbone") in (None, "small_cnn"):
+        r.fail("model.weights", d["weights"], "null or a weights file with backbone "
+               "small_cnn (ImageNet weights exist for the keras.applications backbones)",
+               "set model.backbone to " + ", ".join(b for b in BACKBONES if b != "small_cnn"))
+    weights = IMAGENET if imagenet else r.path(d, "model.weights")
+    return r.build(ModelSpec, d, "model", given={"weights": weights})
 
 
 def _cluster(r: Reader, d: dict) -> ClusterSpec:

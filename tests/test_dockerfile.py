@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -133,9 +133,33 @@ def test_image_runs_trainjob_as_the_pods_non_root_user(steps):
 
 def test_read_only_root_filesystem_gets_a_home_under_tmp(steps):
     env = " ".join(a for kind, a in steps if kind == "ENV")
-    for setting in ("HOME=/tmp", "KERAS_HOME=/tmp/", "PYTHONUNBUFFERED=1",
-                    "PIP_NO_CACHE_DIR=1"):
+    for setting in ("HOME=/tmp", "PYTHONUNBUFFERED=1", "PIP_NO_CACHE_DIR=1"):
         assert setting in env
+
+
+def env_value(steps, name: str) -> str:
+    env = " ".join(a for kind, a in steps if kind == "ENV")
+    (value,) = re.findall(rf"(?:^|\s){name}=(\S+)", env)
+    return value
+
+
+def test_keras_home_is_outside_the_pods_tmp_emptydir_so_baked_weights_stay_visible(steps):
+    keras_home = PurePosixPath(env_value(steps, "KERAS_HOME"))
+    tmp = PurePosixPath(manifests.TMP_MOUNT)
+    assert keras_home.is_absolute()
+    assert keras_home != tmp and tmp not in keras_home.parents
+
+
+def test_weights_build_arg_fetches_into_keras_home_after_install_before_the_user(steps):
+    kinds = [kind for kind, _ in steps]
+    (arg,) = [i for i, (kind, a) in enumerate(steps) if kind == "ARG" and
+              a.startswith("WEIGHTS=")]
+    assert steps[arg][1] == 'WEIGHTS=""'  # nothing baked unless asked: no network, smaller
+    (fetch,) = [i for i, (kind, a) in enumerate(steps) if kind == "RUN" and "weights fetch" in a]
+    assert "--to" not in steps[fetch][1]  # the default destination: $KERAS_HOME/models
+    (project,) = [i for i, (kind, a) in enumerate(steps)
+                  if kind == "RUN" and "--no-deps ." in a]
+    assert project < arg < fetch < kinds.index("USER")
 
 
 def test_build_context_lets_in_exactly_what_the_dockerfile_copies(steps):

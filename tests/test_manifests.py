@@ -443,7 +443,8 @@ def test_pod_spec_keeps_the_rest_of_the_spec_and_records_the_image(tmp_path):
     pod = spec_in_config_map(render(spec, image="registry.example.com/t:2")["ConfigMap"])
     assert pod.cluster.workers == 4
     assert pod.train == spec.train
-    assert pod.model == spec.model
+    # allow_download: auto means "here, not in the pods" (job.weights), so the pods read false.
+    assert pod.model == dataclasses.replace(spec.model, allow_download=False)
     assert pod.cluster.image == "registry.example.com/t:2"
     assert pod.data.image_size == spec.data.image_size
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from job import __version__
+from job import __version__, weights
 from job.cluster import JobDns, indexed_job_env
 from job.errors import PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES, SpecError
 from job.names import POD_NAME_RESERVE, RUN_ID_MAX_LENGTH, check_run_id, excerpt, is_dns_label
@@ -171,7 +171,8 @@ def render_manifests(spec: Spec, *, run_id: str, image: str | None = None,
 
 
 def render_warnings(spec: Spec) -> list[str]:
-    """Lines worth telling the user before submitting: choices that lose work or data.
+    """Lines worth telling the user before submitting: choices that lose work or data, and
+    what can be told about the pods' ImageNet weights (``job.weights.launch_warnings``).
 
     Example:
         >>> render_warnings(spec_without_volumes)         # doctest: +SKIP
@@ -187,6 +188,7 @@ def render_warnings(spec: Spec) -> list[str]:
         lines.append(
             "cluster.data_volume is not set: data paths are used as written and must exist "
             "inside the image; set cluster.data_volume to the PVC holding the images.")
+    lines += weights.launch_warnings(spec, pod_model=pod_spec_dict(spec, image="")["model"])
     return lines
 
 

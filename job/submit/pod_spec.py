@@ -10,11 +10,14 @@ The rules (the README's "Where the pod looks for your data" says them for users)
 - ``output.dir`` becomes ``cluster.models_volume.mount``, unless it already lies under that
   mount. Without a models volume it becomes ``/models`` on an ``emptyDir``: the run works but
   the model is deleted with the pod.
-- Data paths (``data.train_dir``, ``val_dir``, ``test_dir``) and ``model.weights`` resolve
-  against ``cluster.data_volume.mount`` instead of the spec file's folder. The mount acts as a
-  root: leading ``..`` cannot climb out of it, as ``/..`` is ``/``. A path already under a pod
-  mount is kept as written. Without a data volume every path is kept as is.
+- Data paths (``data.train_dir``, ``val_dir``, ``test_dir``), a ``model.weights`` file and
+  ``model.weights_dir`` resolve against ``cluster.data_volume.mount`` instead of the spec
+  file's folder. The mount acts as a root: leading ``..`` cannot climb out of it, as ``/..``
+  is ``/``. A path already under a pod mount is kept as written. Without a data volume every
+  path is kept as is.
 - ``data.cache_dir`` is kept if it lies under a writable volume, else reset to null.
+- ``model.allow_download: auto`` becomes false: the pods never download ImageNet weights
+  unless the spec says true.
 
 Example:
     >>> pod_spec_dict(spec, image="ghcr.io/me/trainjob:1")["output"]["dir"]  # doctest: +SKIP
@@ -65,7 +68,11 @@ def pod_spec_dict(spec: Spec, *, image: str, namespace: str | None = None) -> di
     cache_dir = spec.data.cache_dir
     out["data"]["cache_dir"] = str(cache_dir) \
         if cache_dir is not None and _under_any(cache_dir, writable) else None
-    out["model"]["weights"] = data_path(spec.model.weights)
+    weights = spec.model.weights
+    out["model"]["weights"] = data_path(weights) if isinstance(weights, Path) else weights
+    out["model"]["weights_dir"] = data_path(spec.model.weights_dir)
+    # auto means "not in the pods": N workers would each fetch the same file at once.
+    out["model"]["allow_download"] = spec.model.allow_download is True
     out["output"]["dir"] = str(spec.output.dir) \
         if _under_any(spec.output.dir, [models_mount]) else models_mount
     out["cluster"]["image"] = image
