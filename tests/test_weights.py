@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tests.test_dockerfile import DOCKERFILE, instructions
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
 
+EXAMPLE = ROOT / "examples" / "vgg16-transfer.yaml"
 APPLICATIONS = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2",
                 "efficientnet_b0": "EfficientNetB0"}
 """Each backbone's keras.applications constructor."""
@@ -526,3 +528,46 @@ def test_render_prints_the_weights_warning_and_still_renders(tmp_path):
 
     assert code == 0 and "kind: Job" in out
     assert "trainjob: warning: model.weights=imagenet" in err
+
+
+# --- the example -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory) -> Path:
+    """4 classes x 8 images at 32 px: with val_split 0.25, 24 training images."""
+    from job import sample_data
+
+    return sample_data.generate(tmp_path_factory.mktemp("small") / "data", images_per_class=8,
+                                test_per_class=0, image_size=32)
+
+
+def test_vgg16_transfer_example_trains_one_step_from_provisioned_weights(
+        tmp_path, notop_files, small_shapes):
+    import keras
+
+    weights_file = notop_files("vgg16")  # ~59 MB, Keras's VGG16 notop shapes
+    example = yaml.safe_load(EXAMPLE.read_text())
+    assert example["model"]["backbone"] == "vgg16" and example["model"]["weights"] == "imagenet"
+    # The example as written, on the small data at 32 px, for one step of the whole set.
+    example["data"].update(train_dir=str(small_shapes / "train"), test_dir=None,
+                           image_size=[32, 32], val_split=0.25, decode_workers=1)
+    example["model"].update(weights_dir=str(weights_file.parent), allow_download=False)
+    example["train"].update(epochs=1, global_batch_size=24)
+    example["output"]["dir"] = str(tmp_path)
+    path = tmp_path / "vgg16-transfer.yaml"
+    path.write_text(yaml.safe_dump(example))
+
+    code, out, err = run_cli("train", str(path), "--run-id", "example")
+
+    assert code == 0, err
+    run_dir = tmp_path / "example"
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 1
+    trained = keras.models.load_model(run_dir / "model.h5", compile=False)
+    start = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    start.load_weights(weights_file)
+    kernel = trained.get_layer("vgg16").get_layer("block1_conv1").kernel.numpy()
+    # One step at learning rate 1e-4 moves each weight by about 1e-4: the run began at the file.
+    np.testing.assert_allclose(kernel, start.get_layer("block1_conv1").kernel.numpy(),
+                               atol=1e-3)
+    assert trained.input_shape == (None, 32, 32, 3)
