@@ -55,37 +55,52 @@ def generate(out_dir: str | Path, *, images_per_class: int = 400, test_per_class
     out = Path(out_dir)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     stamp = f"{images_per_class} {test_per_class} {size[0]}x{size[1]} {seed} {quality}\n"
+    counts = (("train", images_per_class, seed), ("test", test_per_class, seed + 1))
 
     def fill(staging: Path) -> None:
-        splits = (("train", images_per_class, seed), ("test", test_per_class, seed + 1))
-        for split, count, split_seed in splits:
-            if count <= 0:
-                continue
+        for split, count, split_seed in counts:
             rng = random.Random(split_seed)
             noise_rng = np.random.default_rng(split_seed)
             for label, name in enumerate(CLASSES):
-                folder = staging / split / name
-                folder.mkdir(parents=True)
-                for i in range(count):
+                for relative in _file_names(split, count, label=label, name=name):
                     image = draw(name, rng=rng, noise_rng=noise_rng, size=size)
-                    # Mix formats: users' folders rarely hold one kind of file.
-                    if (i + label) % 3 == 0:
-                        image.save(folder / f"{name}_{i:05d}.png", optimize=False)
+                    path = staging / relative
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if path.suffix == ".png":
+                        image.save(path, optimize=False)
                     else:
-                        image.save(folder / f"{name}_{i:05d}.jpg", quality=quality)
+                        image.save(path, quality=quality)
 
-    return build_folder(out, stamp=stamp, fill=fill)
+    def complete(root: Path) -> bool:
+        return all((root / relative).is_file()
+                   for split, count, _ in counts
+                   for label, name in enumerate(CLASSES)
+                   for relative in _file_names(split, count, label=label, name=name))
+
+    return build_folder(out, stamp=stamp, fill=fill, is_complete=complete)
 
 
-def build_folder(root: Path, *, stamp: str, fill: Callable[[Path], None]) -> Path:
+def _file_names(split: str, count: int, *, label: int, name: str) -> list[str]:
+    """The files of one class in one split, relative to the dataset folder."""
+    # Mix formats: users' folders rarely hold one kind of file.
+    return [f"{split}/{name}/{name}_{i:05d}." + ("png" if (i + label) % 3 == 0 else "jpg")
+            for i in range(count)]
+
+
+def build_folder(root: Path, *, stamp: str, fill: Callable[[Path], None],
+                 is_complete: Callable[[Path], bool] | None = None) -> Path:
     """Make ``root`` appear complete or not at all; reuse it when its stamp matches.
 
     ``fill`` writes into a staging folder beside ``root``, which is then renamed
     into place with a ``.complete`` file holding ``stamp`` (the parameters that
     made it), so an interrupted run never leaves a half-drawn dataset to reuse.
+    ``is_complete``, when given, also checks the files themselves (a few
+    milliseconds for thousands of files): a folder someone deleted files from is
+    drawn again rather than reused.
     """
     marker = root / ".complete"
-    if marker.exists() and marker.read_text() == stamp:
+    if (marker.exists() and marker.read_text() == stamp
+            and (is_complete is None or is_complete(root))):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
