@@ -108,7 +108,10 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
 
 
 def table(document: dict[str, Any]) -> str:
-    """The markdown table of a results document, with the machine line under it."""
+    """The markdown table of a results document, the machine line, then each figure's note.
+
+    A note (``details["note"]``) says what one row cannot: D1's float32 side.
+    """
     lines = ["| # | Figure | trainjob | Reference (same run) | Ratio | Target | Met |",
              "|---|---|---|---|---|---|---|"]
     for row in document["figures"]:
@@ -119,7 +122,10 @@ def table(document: dict[str, Any]) -> str:
             f"| {_number(row['reference'])} {row['unit']} ({row['reference_name']}) "
             f"| {target.show(row['ratio'])} | {row['target']} "
             f"| {'yes' if row['passed'] else '**no**'} |")
-    return "\n".join(lines) + "\n\n" + machine_line(document) + "\n"
+    notes = [f"* {row['id']}: {row['details']['note']}" for row in document["figures"]
+             if row.get("details", {}).get("note")]
+    return ("\n".join(lines) + "\n\n" + machine_line(document) + "\n"
+            + "".join(f"\n{note}" for note in notes) + ("\n" if notes else ""))
 
 
 def machine_line(document: dict[str, Any]) -> str:

@@ -93,6 +93,43 @@ def test_table_marks_a_missed_target_and_shows_medians():
     assert "other processes used 50% of the CPU time" in table(document)
 
 
+def test_table_prints_each_figures_note_under_the_machine_line():
+    figure = Figure.of("D1", title="demo", unit="s", reference_name="budget",
+                       target=Target(at_least=False, value=1.0), trainjob=[40.0],
+                       reference=[120.0], note="float32 path: 50 s")
+    document = results([figure], mode="full",
+                       environment={"tensorflow": "2", "keras": "3", "pillow": "1", "numpy": "2",
+                                    "python": "3", "cpu_count": 2, "cpus_available": 2},
+                       sizes={}, seconds=1.0, others_cpu_share=0.0)
+
+    lines = table(document).splitlines()
+
+    assert lines[2].startswith("| D1 |") and "| 0.33x | ≤ 1.00x | yes |" in lines[2]
+    assert lines[-1] == "* D1: float32 path: 50 s"
+    assert lines[-3].startswith("full run of")
+
+
+def test_the_float32_side_hides_bfloat16_from_trainjob_alone(tmp_path):
+    """Through the D1 float32 side's namespace, trainjob's own choice on auto is float32."""
+    from bench.demo import float32_namespace
+    from job import machine
+    from job.precision import CPU_BF16_FLAGS
+
+    prefix, why_not = float32_namespace(tmp_path)
+
+    if not CPU_BF16_FLAGS & machine.cpu_flags():
+        assert (prefix, why_not) == (None, None)  # Nothing to hide: the demo is float32 here.
+        return
+    if prefix is None:
+        pytest.skip(f"no float32 side on this machine: {why_not}")
+    choice = ("from job import machine, precision; print(precision.choose('auto', "
+              "gpu_capabilities=[], cpu_flags=machine.cpu_flags(), replicas=1).policy)")
+    seen = subprocess.run([*prefix, sys.executable, "-c", choice], cwd=ROOT, text=True,
+                          capture_output=True, check=True, timeout=60).stdout
+    assert seen.strip() == "float32"
+    assert CPU_BF16_FLAGS & machine.cpu_flags()  # This process still sees them.
+
+
 def test_only_runs_whole_groups_and_rejects_unknown_figures():
     assert suite._groups("p6") == ["step"]
     assert suite._groups("P1, M1") == ["pipeline", "end_to_end"]
