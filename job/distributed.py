@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,16 +27,39 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from job import machine
+from job import data, machine
 from job import precision as precision_module
 from job.errors import RunFailed, StorageError
 from job.run_dir import CHECKPOINT_NAME
-from job.spec import Spec
+from job.spec import Spec, check_worker_count
 
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError,
                tf.errors.UnknownError, tf.errors.FailedPreconditionError)
 """What a collective raises when a peer worker is gone (the group restarts: exit 75)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the global batch and the steps divide over this run's replicas."""
+
+    num_replicas: int
+    local_replicas: int
+    """Replicas in this worker (GPUs); each gets its own per-replica batches."""
+    replica_batch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def make(cls, spec: Spec, *, strategy, cluster, num_train: int) -> Plan:
+        num_replicas = strategy.num_replicas_in_sync
+        check_worker_count(spec, num_replicas, unit="replicas")
+        steps_per_epoch = data.steps_per_epoch(num_train, spec.train.global_batch_size)
+        return cls(num_replicas=num_replicas,
+                   local_replicas=max(1, num_replicas // cluster.num_workers),
+                   replica_batch=spec.train.global_batch_size // num_replicas,
+                   steps_per_epoch=steps_per_epoch,
+                   total_steps=steps_per_epoch * spec.train.epochs)
 
 
 class StepStats(NamedTuple):

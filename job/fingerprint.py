@@ -38,7 +38,10 @@ IGNORED_KEYS = (
     "data.decode_workers",
     "train.log_every_steps", "train.collective_timeout_seconds",   # output and waiting only
     "train.steps_per_call",              # the same steps, grouped differently per call
-    "output",                            # where the run goes and how often it checkpoints
+    "model.weights_dir", "model.allow_download",   # where ImageNet weights are found
+    "output.dir", "output.checkpoint_every_steps",  # where the run goes, how often it saves
+    "output.keep_checkpoints",
+    "output.formats", "output.export_check",   # which files hold the weights, how checked
     "cluster",                           # where it runs; the data order is the workers' own
 )
 """Dotted keys (or whole sections) that never change the trained weights."""

@@ -85,7 +85,7 @@ def _spec_with_weights_file(spec) -> dict[str, Any]:
     The path alone would let a weights file rewritten in place pass for the same run.
     """
     spec_dict = spec.to_dict()
-    if spec.model.weights is not None:
+    if spec.model.weights is not None and str(spec.model.weights) != "imagenet":
         try:
             stat = os.stat(spec.model.weights)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stat.st_mtime))

@@ -151,7 +151,9 @@ def test_a_read_only_output_dir_exits_2_naming_it(shapes_data, tmp_path, mount):
 def test_a_disk_that_fills_mid_run_exits_2_leaves_no_debris_and_resumes_after(
         shapes_data, tmp_path, mount):
     disk = mount("3500k")  # one 2.3 MB checkpoint fits, a second does not
-    spec = tiny_spec(shapes_data, disk.path, train={"epochs": 1})
+    # export_model: last keeps no copy of the best weights, so a checkpoint is 2.3 MB.
+    spec = tiny_spec(shapes_data, disk.path, train={"epochs": 1},
+                     output={"export_model": "last"})
 
     full = train(tmp_path, spec, run_id="full")
 
