@@ -9,6 +9,7 @@ Never touches: business logic; every command is a call into a module.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -62,6 +63,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trainjob: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""The reader of stdout went away (``trainjob predict ... | head``): stop quietly, with the
+code a tool killed by SIGPIPE gives (``yes | head``): nothing failed, nothing to retry."""
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit raises nothing."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # stdout is not a file (tests capture it): nothing will be flushed to a pipe
 
 
 def _parser() -> argparse.ArgumentParser:

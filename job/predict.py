@@ -277,9 +277,16 @@ class Chunk:
 
 
 def chunk_size(data: spec_module.DataSpec) -> int:
-    """Images per chunk: ``CHUNK_BYTES`` of pixels, within ``CHUNK_IMAGES``."""
+    """Images per chunk: ``CHUNK_BYTES`` of pixels, within ``CHUNK_IMAGES``, in whole batches
+    (a partial batch costs a model call for a few images; only the last chunk has one).
+
+    Example:
+        >>> chunk_size(spec_module.DataSpec(train_dir=Path("."), image_size=(128, 128)))
+        1344
+    """
     low, high = CHUNK_IMAGES
-    return int(min(high, max(low, CHUNK_BYTES // int(np.prod(data.image_shape)))))
+    images = min(high, max(low, CHUNK_BYTES // int(np.prod(data.image_shape))))
+    return images - images % PREDICT_BATCH
 
 
 def stream(loaded: Loaded, paths: Sequence[str], *, size: int | None = None,

@@ -8,7 +8,8 @@ Never touches: the model, decoding, what a chunk is made of (``job.predict``).
 
 Example:
     >>> writer = open_writer(Path("predictions.csv"), out=None)   # doctest: +SKIP
-    >>> with writer.open(("cat", "dog"), top_k=2, paths=paths, model=Path("model.h5")):
+    >>> with writer.open(("cat", "dog"), top_k=2, paths=paths,
+    ...                  model=Path("model.h5")):                      # doctest: +SKIP
     ...     writer.write(rows)
 """
 

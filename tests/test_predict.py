@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -22,7 +24,7 @@ from PIL import Image
 
 from job import cli, data, images, metrics, predict, report
 from job import spec as spec_module
-from tests.conftest import succeeded, tiny_spec, train
+from tests.conftest import ROOT, succeeded, tiny_spec, train
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,24 @@ def test_predict_table_on_a_terminal_fits_its_width(run_dir, shapes_data, tmp_pa
     assert lines[2].split()[1] in loaded.class_names
 
 
+def test_a_reader_that_stops_early_ends_predict_quietly(run_dir, shapes_data, tmp_path):
+    """``trainjob predict ... | head``: no traceback when the pipe closes, and the SIGPIPE code."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    image = shapes_data / "test" / "star" / "star_00001.png"
+    for number in range(1500):  # rows well past a pipe's 64 KiB buffer
+        (folder / f"a-rather-long-file-name-so-rows-fill-the-pipe-{number:05d}.png").symlink_to(
+            image)
+    process = subprocess.Popen([sys.executable, "-m", "job", "predict", str(run_dir),
+                                str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout.readline().split() == [b"path", b"label", b"prob", b"runners-up"]
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "Error" not in err
+
+
 def test_unreadable_files_get_rows_with_reasons_and_exit_2(run_dir, shapes_data, tmp_path):
     good = shutil.copy(shapes_data / "test" / "star" / "star_00001.png", tmp_path / "a.png")
     truncated = tmp_path / "b.png"
@@ -198,8 +218,8 @@ def test_bad_inputs_end_in_one_line_and_exit_2(run_dir, shapes_data, tmp_path):
     cases = [
         (("predict", tmp_path / "nowhere", star), "no such run directory or model file"),
         (("predict", tmp_path / "unfinished", star), "no model.h5 in this folder"),
-        (("predict", tmp_path / "text.h5", star), "not a Keras model file"),
-        (("predict", weights, star), "not a Keras model file"),
+        (("predict", tmp_path / "text.h5", star), "not a Keras model"),
+        (("predict", weights, star), "not a Keras model"),
         (("predict", run_dir / "spec.yaml", star), "not a model file"),
         (("predict", run_dir, tmp_path / "empty"), "no image files in"),
         (("predict", run_dir, tmp_path / "nope.png"), "no such file or folder"),
