@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import datasets, end_to_end, machine, pipeline, step
+from bench import predict as predict_figure
 from bench.measure import BenchmarkFailed
 from bench.report import Figure, results, table, write_json
 from bench.sizes import FULL, QUICK, Sizes
 from job.errors import TrainjobError
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("P1", "P2", "P3", "P4", "P5", "P6", "M1")
+ORDER = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "M1")
 """Rows of the table, in the issue's order."""
-GROUPS = {"pipeline": ("P1", "P2"), "step": ("P3", "P6"), "end_to_end": ("P4", "M1", "P5")}
+GROUPS = {"pipeline": ("P1", "P2"), "step": ("P3", "P6"), "end_to_end": ("P4", "M1", "P5"),
+          "predict": ("P7",)}
 """Figures measured together: asking for one runs its whole group."""
 
 
@@ -64,10 +66,13 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
     env = machine.environment()
     work_dir = Path(work_dir).resolve()  # Specs resolve relative paths against their folder.
     figures: list[Figure] = []
-    if "pipeline" in groups:
+    if "pipeline" in groups or "predict" in groups:
         log(f"photo set: {sizes.photos} JPEGs of {sizes.photo_size[0]}x{sizes.photo_size[1]}")
         photos = datasets.photo_folder(work_dir, sizes)
-        figures += pipeline.measure(photos, sizes, work_dir=work_dir, log=log)
+        if "pipeline" in groups:
+            figures += pipeline.measure(photos, sizes, work_dir=work_dir, log=log)
+        if "predict" in groups:
+            figures += predict_figure.measure(photos, sizes, work_dir=work_dir, log=log)
     if "step" in groups or "end_to_end" in groups:
         log(f"sample shapes: {sizes.shapes_per_class} per class, {sizes.train_image_size} px")
         shapes = datasets.shapes_folder(work_dir, sizes)
