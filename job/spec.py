@@ -4,11 +4,12 @@ Owns: the spec's keys and, in each dataclass field, the key's type, default and 
 the default's reason is the field's docstring, the range is the field's metadata
 (``low``, ``high``, ``exclusive_low``), and a key with choices has a ``Literal`` type.
 The loader reads all three from the dataclasses (``job.spec_yaml.Reader``), so they are
-written once. Also owns the checks that are more than a type and a range (numbers finite;
-node selectors and tolerations by Kubernetes' own rules), unknown-key rejection,
-cross-field checks with the one batch-divisibility rule, and path resolution (relative
-paths resolve against the spec file's folder). Reading the file safely and the YAML
-dialect are ``job.spec_yaml``'s; name rules and the run-id check are ``job.names``'.
+written once. Also owns the checks that are more than a type and a range (numbers finite),
+unknown-key rejection, cross-field checks with the one batch-divisibility rule, and path
+resolution (relative paths resolve against the spec file's folder). Reading the file safely
+and the YAML dialect are ``job.spec_yaml``'s; name rules and the run-id check are
+``job.names``'; the cluster section's Kubernetes rules (node selectors, tolerations, pod
+labels and annotations, affinity, sizes) are ``job.spec_cluster``'s.
 Never touches: TensorFlow, Pillow, kubernetes. Everything after ``load`` trusts
 the dataclasses.
 
@@ -22,22 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from job import names, spec_yaml
+from job import names, spec_cluster, spec_yaml
 from job import overrides as overrides_module
 from job.errors import SpecError
 from job.spec_yaml import Reader
 
-TOLERATION_OPERATORS = ("Exists", "Equal")
-TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
-
-_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?")
+_QUANTITY = spec_cluster.QUANTITY
 NAME_MAX_LENGTH = 40
 """Characters: leaves room for '-<run suffix>-<index>' inside a 63-char DNS label."""
 
@@ -184,6 +180,14 @@ class ClusterSpec:
     """CPU request and limit per pod, a Kubernetes quantity."""
     memory: str = "4Gi"
     """Memory request and limit per pod, a Kubernetes quantity."""
+    shm_size: str | None = "1Gi"
+    """Size limit of /dev/shm, which is memory-backed and counts against memory: NCCL's
+    buffers between a pod's GPUs need more than the runtime's 64 MiB, and 1Gi is ample while a
+    runaway writer cannot take the memory limit unseen. None: up to the memory limit."""
+    tmp_size: str | None = "20Gi"
+    """Size limit of /tmp (HOME, Keras's downloads, and the disk decode cache when
+    data.cache_dir is null): a full /tmp evicts this pod alone rather than filling the node's
+    disk under other pods; it holds a decoded shard of ~19 GiB. None: no limit."""
     models_volume: VolumeSpec | None = None
     """PVC for output.dir; None: an emptyDir, and the model is lost with the pod."""
     data_volume: VolumeSpec | None = None
@@ -192,6 +196,15 @@ class ClusterSpec:
     """Node labels the pods require; empty: any node."""
     tolerations: tuple[Mapping[str, Any], ...] = ()
     """Taints the pods tolerate; empty: none."""
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    """The pods' affinity as Kubernetes writes it (nodeAffinity, podAffinity,
+    podAntiAffinity); empty: none."""
+    priority_class: str | None = None
+    """PriorityClass of the pods (it must exist); None: the cluster's default priority."""
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on the pods (team, cost centre, network policies); empty: trainjob's only."""
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    """Extra annotations on the pods (a service mesh's opt-out, say); empty: trainjob's only."""
     queue: str | None = None
     """Kueue LocalQueue name, rendered as the kueue.x-k8s.io/queue-name label."""
     max_restarts: int = field(default=3, metadata={"low": 0, "high": 100})
@@ -329,10 +342,16 @@ def _cluster(r: Reader, d: dict) -> ClusterSpec:
     checked = {"namespace": _named(r, d, "namespace"),
                "cpu": _quantity(r, d, "cpu"), "memory": _quantity(r, d, "memory"),
                "queue": _named(r, d, "queue"),
-               "service_account": _named(r, d, "service_account")}
+               "service_account": _named(r, d, "service_account"),
+               "priority_class": _named(r, d, "priority_class"),
+               **{name: spec_cluster.size(r, d, f"cluster.{name}",
+                                          default=_field(ClusterSpec, name).default)
+                  for name in ("shm_size", "tmp_size")}}
     return r.build(ClusterSpec, d, "cluster", given=checked, readers={
         "models_volume": _volume, "data_volume": _volume,
-        "node_selector": _node_selector, "tolerations": _tolerations})
+        "node_selector": spec_cluster.node_selector, "tolerations": spec_cluster.tolerations,
+        "affinity": spec_cluster.affinity, "pod_labels": spec_cluster.pod_labels,
+        "pod_annotations": spec_cluster.pod_annotations})
 
 
 _NAME_RULES = {
@@ -341,6 +360,8 @@ _NAME_RULES = {
               "characters: it is also a label value)", "e.g. 'team-a'"),
     "service_account": (names.is_dns_subdomain, "a ServiceAccount name (a lowercase "
                         "DNS-1123 subdomain)", "e.g. 'trainer'"),
+    "priority_class": (names.is_dns_subdomain, "a PriorityClass name (a lowercase DNS-1123 "
+                       "subdomain)", "e.g. 'training-low'"),
 }
 """cluster keys that name Kubernetes objects: the rule, what it expects, an example."""
 
@@ -380,69 +401,9 @@ def _volume(r: Reader, d: dict, key: str) -> VolumeSpec | None:
                       read_only=r.read(VolumeSpec, "read_only", v, key))
 
 
-def _node_selector(r: Reader, d: dict, key: str) -> dict[str, str]:
-    """Node labels by Kubernetes' rules; a bad pair is shown whole, so both parts are seen."""
-    selector = d.get("node_selector")
-    selector = {} if selector is None else selector
-    if not isinstance(selector, dict):
-        r.fail(key, selector, "a mapping of node label to value", "e.g. {gpu: \"true\"}")
-    for label, value in selector.items():
-        if not names.is_label_key(label):
-            r.fail(key, {label: value}, names.LABEL_KEY_RULE,
-                   "e.g. {kubernetes.io/arch: amd64}")
-        if not names.is_label_value(value):
-            r.fail(key, {label: value}, names.LABEL_VALUE_RULE,
-                   "quote numbers and booleans, e.g. {gpu: \"true\"}")
-    return dict(selector)
-
-
-def _tolerations(r: Reader, d: dict, key: str) -> tuple[dict[str, Any], ...]:
-    """Tolerations by Kubernetes' rules; fields set to null are dropped (null means unset)."""
-    tolerations = d.get("tolerations")
-    tolerations = [] if tolerations is None else tolerations
-    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
-        r.fail(key, tolerations, "a list of Kubernetes toleration mappings",
-               "e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]")
-    checked = []
-    for i, toleration in enumerate(tolerations):
-        r.mapping(toleration, f"{key}[{i}]", allowed=TOLERATION_FIELDS)
-        given = {k: v for k, v in toleration.items() if v is not None}
-        _toleration(r, given, f"{key}[{i}]")
-        checked.append(given)
-    return tuple(checked)
-
-
-def _toleration(r: Reader, t: dict[str, Any], at: str) -> None:
-    key, operator = t.get("key", ""), t.get("operator", "Equal")
-    value, effect = t.get("value", ""), t.get("effect", "")
-    if key != "" and not names.is_label_key(key):
-        r.fail(f"{at}.key", key, "empty or " + names.LABEL_KEY_RULE, "e.g. nvidia.com/gpu")
-    if operator not in TOLERATION_OPERATORS:
-        r.fail(f"{at}.operator", operator, "Exists or Equal (the default)", "pick one of those")
-    if key == "" and operator != "Exists":
-        r.fail(f"{at}.operator", operator, "Exists when key is empty (which tolerates every "
-               "taint)", "give a key, or set operator: Exists")
-    if operator == "Exists" and value != "":
-        r.fail(f"{at}.value", value, "no value with operator Exists (it matches any value)",
-               "remove value, or set operator: Equal")
-    if not names.is_label_value(value):
-        r.fail(f"{at}.value", value, names.LABEL_VALUE_RULE, "quote numbers and booleans")
-    if effect not in ("", *TOLERATION_EFFECTS):
-        r.fail(f"{at}.effect", effect, "empty (every effect) or one of "
-               + ", ".join(TOLERATION_EFFECTS), "pick one of those")
-    if "tolerationSeconds" in t:
-        seconds = t["tolerationSeconds"]
-        if isinstance(seconds, bool) or not isinstance(seconds, int) \
-                or not -2**63 <= seconds < 2**63:
-            r.fail(f"{at}.tolerationSeconds", seconds, "an integer number of seconds",
-                   "write it without quotes, e.g. 300")
-        if effect != "NoExecute":
-            r.fail(f"{at}.tolerationSeconds", seconds, "tolerationSeconds only with effect: "
-                   "NoExecute (seconds before eviction)", "set effect: NoExecute, or remove it")
-
-
 def _cross_checks(r: Reader, spec: Spec) -> None:
     check_worker_count(spec, spec.cluster.workers, unit="cluster.workers", source=r.source)
+    spec_cluster.check_shm_size(r, shm_size=spec.cluster.shm_size, memory=spec.cluster.memory)
     if spec.data.val_dir is None and spec.data.val_split <= 0:
         r.fail("data.val_split", spec.data.val_split,
                "a fraction above 0 when data.val_dir is null (validation runs every epoch)",

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from job import spec as spec_module
+from job import spec_cluster
 from job.cluster import JobDns, indexed_job_env
 from job.errors import (
     EXIT_BAD_INPUT,
@@ -137,6 +138,23 @@ SHAPES = [
 ]
 
 
+AFFINITY = {
+    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                               "values": ["zone-a", "zone-b"]}]}]}},
+    "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "trainjob"}},
+            "topologyKey": "kubernetes.io/hostname"}}]},
+}
+"""A platform team's affinity: two zones only, and workers spread over nodes."""
+PLATFORM = {"pod_labels": {"team": "vision", "example.com/cost-centre": "42"},
+            "pod_annotations": {"sidecar.istio.io/inject": "false",
+                                "example.com/owner": "ml team <ml@example.com>"},
+            "priority_class": "training-low", "affinity": AFFINITY}
+"""Every knob of cluster a platform team asks for, set."""
+
+
 def shaped_spec(tmp_path: Path, *, workers: int, gpus: int, queue: str | None,
                 volumes: bool) -> spec_module.Spec:
     cluster = {"workers": workers, "gpus_per_worker": gpus, "queue": queue,
@@ -144,7 +162,8 @@ def shaped_spec(tmp_path: Path, *, workers: int, gpus: int, queue: str | None,
                "node_selector": {"pool": "gpu"} if gpus else {},
                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                                 "effect": "NoSchedule"}] if gpus else [],
-               "service_account": "trainer" if queue else None}
+               "service_account": "trainer" if queue else None,
+               **(PLATFORM if gpus else {"shm_size": None, "tmp_size": None})}
     if not volumes:
         cluster.update(models_volume=None, data_volume=None)
     return load_spec(tmp_path, cluster=cluster)
@@ -310,10 +329,51 @@ def test_pod_runs_locked_down_with_writable_tmp_and_shm(tmp_path):
     assert pod["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-    assert mounts["/tmp"]["emptyDir"] == {}
-    assert mounts["/dev/shm"]["emptyDir"] == {"medium": "Memory"}
+    assert mounts["/tmp"]["emptyDir"] == {"sizeLimit": "20Gi"}
+    assert mounts["/dev/shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
     assert env_of(job)["HOME"] == "/tmp"
     assert pod["terminationGracePeriodSeconds"] == manifests.TERMINATION_GRACE_SECONDS
+
+
+def test_tmp_and_shm_take_the_spec_s_size_limits_and_null_lifts_them(tmp_path):
+    def empty_dirs(**cluster) -> dict:
+        volumes = pod_spec_of(render(load_spec(tmp_path, cluster=cluster))["Job"])["volumes"]
+        return {v["name"]: v["emptyDir"] for v in volumes if "emptyDir" in v}
+
+    assert empty_dirs(tmp_size="50Gi", shm_size="256Mi") == {
+        "tmp": {"sizeLimit": "50Gi"}, "dshm": {"medium": "Memory", "sizeLimit": "256Mi"}}
+    assert empty_dirs(tmp_size=None, shm_size=None) == {"tmp": {}, "dshm": {"medium": "Memory"}}
+
+
+def test_platform_knobs_reach_the_pods_and_only_the_pods(tmp_path):
+    docs = render(load_spec(tmp_path, cluster=PLATFORM))
+    template = docs["Job"]["spec"]["template"]
+    pod = template["spec"]
+    assert pod["affinity"] == AFFINITY
+    assert pod["priorityClassName"] == "training-low"
+    assert template["metadata"]["labels"]["team"] == "vision"
+    assert template["metadata"]["labels"]["example.com/cost-centre"] == "42"
+    assert template["metadata"]["labels"]["trainjob.dev/run-id"] == "shapes-x7k2p"
+    assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert "trainjob.dev/spec-sha256" in template["metadata"]["annotations"]
+    for doc in docs.values():  # the Job, ConfigMap and Service keep trainjob's own
+        assert "team" not in doc["metadata"]["labels"]
+        assert "sidecar.istio.io/inject" not in doc["metadata"].get("annotations", {})
+
+
+def test_a_spec_cannot_set_a_label_or_annotation_the_pods_carry_already(tmp_path):
+    # The spec refuses the keys job.spec_cluster reserves; they must cover every key that
+    # rendering puts on the pods, or a spec could silently change how runs are found.
+    template = render(load_spec(tmp_path))["Job"]["spec"]["template"]["metadata"]
+    for key, reserved in ((template["labels"], spec_cluster.RESERVED_POD_LABELS),
+                          (template["annotations"], spec_cluster.RESERVED_POD_ANNOTATIONS)):
+        for name in key:
+            assert name in reserved or name.startswith(spec_cluster.RESERVED_PREFIXES), name
+    for name in ("app.kubernetes.io/name", "trainjob.dev/run-id", "job-name"):
+        with pytest.raises(SpecError, match=re.escape("cluster.pod_labels={")):
+            load_spec(tmp_path, cluster={"pod_labels": {name: "mine"}})
+    with pytest.raises(SpecError, match="do not set themselves"):
+        load_spec(tmp_path, cluster={"pod_annotations": {"trainjob.dev/spec-sha256": "x"}})
 
 
 def test_resources_request_what_they_limit_and_gpus_are_string_quantities(tmp_path):

@@ -68,6 +68,19 @@ BAD_SPECS = [
      "cluster.tolerations[0]"),
     (_with("cluster.namespace", "ML"), "cluster.namespace"),
     (_with("data.val_split", 0.0), "data.val_split"),
+    (_with("cluster.pod_labels", {"team": 5}), "cluster.pod_labels"),
+    (_with("cluster.pod_labels", {"trainjob.dev/run-id": "x"}), "cluster.pod_labels"),
+    (_with("cluster.pod_annotations", {"example.com/owner": True}), "cluster.pod_annotations"),
+    (_with("cluster.pod_annotations", {"a b": "x"}), "cluster.pod_annotations"),
+    (_with("cluster.priority_class", "Low_Priority"), "cluster.priority_class"),
+    (_with("cluster.affinity", {"nodeAfinity": {}}), "cluster.affinity.nodeAfinity"),
+    (_with("cluster.affinity", {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 101}]}}),
+     "cluster.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+     ".weight"),
+    (_with("cluster.tmp_size", "lots"), "cluster.tmp_size"),
+    (_with("cluster.shm_size", 0), "cluster.shm_size"),
+    ({**GOOD, "cluster": {"memory": "4Gi", "shm_size": "4Gi"}}, "cluster.shm_size"),
 ]
 
 

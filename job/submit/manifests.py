@@ -45,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 from typing import Any
@@ -324,17 +325,8 @@ def _job(spec: Spec, *, run_id: str, namespace: str, image: str,
         job_spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
     if cluster.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = cluster.ttl_seconds_after_finished
-    job_spec["template"] = {
-        "metadata": {
-            "labels": labels(spec, run_id=run_id, component="worker"),
-            "annotations": {
-                ANNOTATION_SPEC_SHA: spec_sha,
-                # kubectl logs/exec pick this container without -c.
-                "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
-            },
-        },
-        "spec": _pod_spec(spec, run_id=run_id, image=image),
-    }
+    job_spec["template"] = {"metadata": _pod_metadata(spec, run_id=run_id, spec_sha=spec_sha),
+                            "spec": _pod_spec(spec, run_id=run_id, image=image)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -345,6 +337,20 @@ def _job(spec: Spec, *, run_id: str, namespace: str, image: str,
             "annotations": {ANNOTATION_SPEC_SHA: spec_sha},
         },
         "spec": job_spec,
+    }
+
+
+def _pod_metadata(spec: Spec, *, run_id: str, spec_sha: str) -> dict[str, Any]:
+    cluster = spec.cluster
+    return {
+        # The spec's own first: job.spec_cluster refuses any key of ours among them.
+        "labels": {**cluster.pod_labels, **labels(spec, run_id=run_id, component="worker")},
+        "annotations": {
+            **cluster.pod_annotations,
+            ANNOTATION_SPEC_SHA: spec_sha,
+            # kubectl logs/exec pick this container without -c.
+            "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
+        },
     }
 
 
@@ -371,6 +377,10 @@ def _pod_spec(spec: Spec, *, run_id: str, image: str) -> dict[str, Any]:
         pod["nodeSelector"] = dict(cluster.node_selector)
     if cluster.tolerations:
         pod["tolerations"] = [dict(t) for t in cluster.tolerations]
+    if cluster.affinity:
+        pod["affinity"] = copy.deepcopy(dict(cluster.affinity))
+    if cluster.priority_class:
+        pod["priorityClassName"] = cluster.priority_class
     return pod
 
 
@@ -448,12 +458,15 @@ def _volumes(spec: Spec, *, run_id: str) -> list[dict[str, Any]]:
         volumes.append({"name": "data", "persistentVolumeClaim": {
             "claimName": cluster.data_volume.claim,
             "readOnly": cluster.data_volume.read_only}})
-    volumes += [
-        {"name": "tmp", "emptyDir": {}},
-        # Counts against the container's memory limit, which also bounds its size.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-    ]
+    # Sized (cluster.tmp_size, shm_size): a full /tmp evicts this pod, not its neighbours;
+    # /dev/shm counts against the memory limit, which also bounds it.
+    volumes += [{"name": "tmp", "emptyDir": _sized({}, cluster.tmp_size)},
+                {"name": "dshm", "emptyDir": _sized({"medium": "Memory"}, cluster.shm_size)}]
     return volumes
+
+
+def _sized(empty_dir: dict[str, Any], size: str | None) -> dict[str, Any]:
+    return {**empty_dir, "sizeLimit": size} if size is not None else empty_dir
 
 
 class _ManifestDumper(yaml.SafeDumper):
