@@ -29,11 +29,12 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/trainjob
 
 # 1. Dependencies only. This slow layer stays cached until pyproject.toml or constraints.txt
-#    change. The list is the runtime `dependencies` of pyproject.toml; constraints.txt pins each
-#    one (and everything they pull in) to the tested versions. Dev tools appear only in the
-#    constraints, so they are never installed.
+#    change. The list is the runtime `dependencies` of pyproject.toml and its `export` extra
+#    (the converters and runtimes of output.formats: what `pip install '.[export]'` adds);
+#    constraints.txt pins each one (and everything they pull in) to the tested versions. Dev
+#    tools appear only in the constraints, so they are never installed.
 COPY pyproject.toml constraints.txt ./
-RUN python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps))" \
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + p['optional-dependencies']['export']; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps))" \
  && python3 -m pip install --no-cache-dir -r /tmp/requirements.txt -c constraints.txt \
  && rm /tmp/requirements.txt
 

@@ -4,14 +4,16 @@ Owns: writing under a temp name beside the target, flushing it to disk, giving i
 ordinary mode of a new file, renaming it into place (``os.replace`` is atomic within a
 filesystem), flushing the folder so the rename survives a crash, and removing the temp
 file when writing fails.
+A folder (a SavedModel) is written under a temp name and renamed into place the same way.
 Never touches: what is written; callers bring their own writer (text, HDF5,
-memory-mapped ``.npy``).
+memory-mapped ``.npy``, a SavedModel).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,38 @@ def replacing(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Pat
         fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; on success it takes ``path``'s place whole.
+
+    Everything in it is fsynced before the rename. An old folder of that name is
+    renamed aside first and then deleted, so a reader finds the old folder, none, or
+    the new one, never half of one. On error the temp folder goes.
+
+    Example:
+        >>> with replacing_folder("saved_model") as tmp:   # doctest: +SKIP
+        ...     model.export(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                fsync_path(os.path.join(folder, name))
+            fsync_path(folder)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:

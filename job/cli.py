@@ -135,7 +135,8 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict images with a trained model, decoded as in "
                                        "training")
     p.add_argument("model", metavar="RUN_DIR|MODEL", type=Path,
-                   help="a run directory, or a model file (.h5) without one")
+                   help="a run directory, or a model file of any exported format (.h5, "
+                        ".keras, .tflite, .onnx, a SavedModel folder)")
     p.add_argument("paths", metavar="PATH", nargs="+",
                    help="images, folders (walked) or list files (.txt, one path a line)")
     p.add_argument("--top-k", type=_positive, default=TOP_K, metavar="K",
@@ -274,7 +275,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from job import predict  # imports TensorFlow when it loads the model
+    from job import predict  # TensorFlow only for Keras and SavedModel models
 
     return predict.predict(args.model, args.paths, top_k=args.top_k, output=args.output)
 

@@ -3,11 +3,12 @@
 Owns: turning a mixed-precision model into the float32 one that is exported, the
 digest of the weights every worker reports (so workers can be compared), the
 per-class figures of metrics.json (from each split's confusion matrix, by
-``job.metrics``), and the order of the final writes: the model first, then labels,
-spec and metrics (``metrics.json`` last: its presence means the run is complete);
-then the chief's run report (``report``), which may fail only with a warning line.
-Never touches: training, where files live (``job.run_dir`` writes them), drawing
-(``job.report``).
+``job.metrics``), and the order of the final writes: the model first, then on the
+chief its other formats, each checked (``job.export_check``), then labels, spec and
+metrics (``metrics.json`` last: its presence means the run is complete); then the
+chief's run report (``report``), which may fail only with a warning line.
+Never touches: training, where files live (``job.run_dir`` writes them), the formats
+and their checks (``job.export_check``), drawing (``job.report``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from job import data
+from job import data, export_check
 from job.metrics import averages, class_scores
 
 REPORT_FOLDER = "report"
@@ -49,20 +50,27 @@ def float32_copy(model, build: Callable[[], Any]):
     return copy
 
 
-def export(run, model, *, metrics: dict[str, Any], spec_dict: dict[str, Any],
-           class_names, log) -> None:
-    """Save the model and, on the chief, the run's metadata; non-chief scratch is removed.
+def export(run, model, *, metrics: dict[str, Any], spec, decoded, log) -> None:
+    """Save the model and, on the chief, its other formats and the run's metadata.
 
+    ``metrics["classes"]`` names the outputs; ``decoded`` is this worker's decoded
+    splits, which the chief checks each format on. Non-chief scratch is removed.
     ``log(text)`` prints a line; ``log.tagged(text)`` one that names the worker.
+
+    Raises:
+        export_check.ExportMismatch: a format missed its limit (``output.export_check``).
     """
+    class_names = metrics["classes"]
     metrics["weights_sha256"] = weights_sha256(model)
     metrics.update(class_figures(metrics, class_names))
     # Every worker saves (collectives may need all of them); only the chief's is shared.
     model_path, metrics["model_sha256"] = run.save_model(model)
     run.write_text("weights.sha256", metrics["weights_sha256"] + "\n")
     if run.is_chief:
+        metrics["exports"] = export_check.write_formats(
+            run, model, output=spec.output, pixels=export_check.parity_images(decoded), log=log)
         run.write_json("labels.json", list(class_names))
-        run.write_spec(spec_dict)
+        run.write_spec(spec.to_dict())
         run.write_json("metrics.json", metrics)
         log(f"model: {model_path}")
         log(f"metrics: {run.root / 'metrics.json'} (val_accuracy "

@@ -1,6 +1,8 @@
 """The model at work: predict and evaluate over image files, decoded as training decoded them.
 
-Owns: loading a trained model with what it needs to read images the way its run did
+Owns: loading a trained model, in any format a run exports (each in its own runtime,
+``job.runtimes``: ONNX and LiteRT models without TensorFlow), with what it needs to read
+images the way its run did
 (from the run directory: ``spec.yaml``'s image size, colour mode and pixel limit, and
 ``labels.json``'s class names; for a bare model file, what its input shape says),
 turning command-line paths (images, folders, list files) into one list of files, the
@@ -28,7 +30,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from job import images, listing, metrics
+from job import images, listing, metrics, runtimes
 from job import spec as spec_module
 from job.atomic import replacing
 from job.errors import EXIT_BAD_INPUT, EXIT_OK, DataError, StorageError
@@ -38,8 +40,8 @@ MODEL_FILE = "model.h5"
 """The model a run writes (``job.run_dir``)."""
 LABELS_FILE = "labels.json"
 SPEC_FILE = "spec.yaml"
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
-"""Model files Keras loads: HDF5 (what trainjob writes) and the Keras 3 format."""
+MODEL_SUFFIXES = tuple(runtimes.SUFFIXES)
+"""Model files a run exports (a SavedModel is a folder with saved_model.pb)."""
 LIST_SUFFIXES = (".txt", ".lst")
 """A named file ending so is a list of image paths, one a line, not an image."""
 PREDICT_BATCH = 64
@@ -86,14 +88,14 @@ def load(source: str | os.PathLike[str]) -> Loaded:
         SpecError: the run's ``spec.yaml`` does not load.
     """
     model_path = _model_path(Path(source))
-    folder, in_run = model_path.parent, Path(source).is_dir()
+    folder, in_run = model_path.parent, model_path.parent == Path(source)
     spec_path, labels_path = folder / SPEC_FILE, folder / LABELS_FILE
     for needed in (spec_path, labels_path):
         if in_run and not needed.is_file():
             raise DataError(f"{source}: the run directory has no {needed.name}; it is damaged "
                             f"or not a trainjob run; give the model file to predict without it.")
     data = spec_module.load(spec_path).data if spec_path.is_file() else None
-    model = _load_keras(model_path)
+    model = runtimes.load(model_path)
     shape, num_classes = _model_shapes(model, model_path, spec=data)
     names = _class_names(labels_path, num_classes) if labels_path.is_file() else None
     assumed = _assumptions(model_path, shape=shape, spec_missing=data is None,
@@ -110,6 +112,8 @@ def load(source: str | os.PathLike[str]) -> Loaded:
 
 
 def _model_path(source: Path) -> Path:
+    if source.is_dir() and runtimes.format_of(source) is not None:
+        return source  # A SavedModel folder.
     if source.is_dir():
         if not (source / MODEL_FILE).is_file():
             raise DataError(f"{source}: no {MODEL_FILE} in this folder; a run writes it when "
@@ -117,34 +121,22 @@ def _model_path(source: Path) -> Path:
         return source / MODEL_FILE
     if not source.exists():
         raise DataError(f"{source}: no such run directory or model file; give a run directory "
-                        f"(<output.dir>/<run-id>) or a model file ({', '.join(MODEL_SUFFIXES)}).")
+                        f"(<output.dir>/<run-id>) or a model file ({', '.join(MODEL_SUFFIXES)}, "
+                        "a SavedModel folder).")
     if source.suffix.lower() not in MODEL_SUFFIXES:
         raise DataError(f"{source}: not a model file (expected a name ending "
                         f"{', '.join(MODEL_SUFFIXES)}); give a run directory or its model.h5.")
     return source
 
 
-def _load_keras(path: Path):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
-    import keras
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras and h5py raise many kinds for a file that is not one.
-        reason = images.printable_path(str(error).strip().splitlines()[0] if str(error) else
-                                       type(error).__name__)
-        raise DataError(f"{path}: not a Keras model file ({reason[:200]}); give the "
-                        f"{MODEL_FILE} a trainjob run wrote, or its run directory.") from None
-
-
 def _model_shapes(model, path: Path, *, spec: spec_module.DataSpec | None,
                   ) -> tuple[tuple[int, int, int], int]:
     """((height, width, channels), classes) of an image classifier, or a DataError."""
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise DataError(f"{path}: the model has {len(model.inputs)} inputs and "
-                        f"{len(model.outputs)} outputs; expected an image classifier with one "
-                        "of each, as trainjob trains.")
-    given, out = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+    if len(model.input_shapes) != 1 or len(model.output_shapes) != 1:
+        raise DataError(f"{path}: the model has {len(model.input_shapes)} inputs and "
+                        f"{len(model.output_shapes)} outputs; expected an image classifier with "
+                        "one of each, as trainjob trains.")
+    given, out = model.input_shapes[0], model.output_shapes[0]
     if len(given) != 4 or given[3] not in (1, 3) or len(out) != 2 or not (out[1] or 0) >= 2:
         raise DataError(f"{path}: the model maps {given} to {out}; expected images "
                         "(batch, height, width, 1 or 3 channels) to probabilities of 2 or more "
@@ -321,7 +313,7 @@ def predict_pixels(model, pixels: np.ndarray, num_classes: int) -> np.ndarray:
     """Class probabilities of decoded uint8 pixels, ``PREDICT_BATCH`` images a call."""
     if len(pixels) == 0:
         return np.empty((0, num_classes), dtype=np.float32)
-    return np.asarray(model.predict(pixels, batch_size=PREDICT_BATCH, verbose=0))
+    return model.predict(pixels, batch_size=PREDICT_BATCH)
 
 
 # --- the flows -------------------------------------------------------------------------

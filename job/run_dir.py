@@ -13,6 +13,7 @@ covers (``job.fingerprint``).
 Layout::
 
     model.h5  labels.json  metrics.json  history.csv  spec.yaml  fingerprint.json
+    model.keras  saved_model/  model.tflite  model.onnx   the output.formats beyond h5
     checkpoints/  logs/
     report/               pictures of a finished run, which ``job.report`` draws (and
                           publishes whole) after metrics.json: not a run output
@@ -34,14 +35,14 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from job.atomic import replacing
+from job.atomic import replacing, replacing_folder
 from job.errors import RunInUse, StorageError
 
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -231,6 +232,32 @@ class RunDir:
             digest = sha256_file(tmp)
         return self.model_path, digest
 
+    def save_export(self, name: str, write: Callable[[Path], None], *,
+                    folder: bool = False) -> tuple[Path, str, int]:
+        """Write the model file (or ``folder``) ``name`` with ``write(temp_path)`` and rename
+        it into place; return (path, sha256, bytes). A folder's sha256 is ``sha256_tree``'s.
+        """
+        path = self.root / name
+        with storage_errors("write the model", path):
+            if folder:
+                with replacing_folder(path) as tmp:
+                    write(tmp)
+                    digest, size = sha256_tree(tmp), _tree_bytes(tmp)
+            else:
+                with replacing(path, suffix=path.suffix) as tmp:
+                    write(tmp)
+                    digest, size = sha256_file(tmp), tmp.stat().st_size
+        return path, digest, size
+
+    def remove_export(self, name: str) -> None:
+        """Delete a model file or folder that must not be used (it failed its check)."""
+        path = self.root / name
+        with storage_errors("remove the model", path):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
     def cleanup(self) -> None:
         """Delete a non-chief worker's private scratch folder (never the shared run dir)."""
         if not self.is_chief and not self.keep_scratch:
@@ -255,6 +282,19 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_tree(folder: Path) -> str:
+    """A folder's digest: the sha256 of its ``sha256sum`` lines (``<hex>  <relative path>``),
+    one per file in sorted order: ``(cd F && find . -type f | cut -c3- | LC_ALL=C sort |
+    xargs sha256sum) | sha256sum`` prints it too."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    lines = "".join(f"{sha256_file(folder / name)}  {name}\n" for name in files)
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:

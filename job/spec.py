@@ -152,6 +152,15 @@ class OutputSpec:
     """Steps between checkpoints: the most work a crash can lose."""
     keep_checkpoints: int = field(default=3, metadata={"low": 1, "high": 1000})
     """Checkpoints kept on disk; older ones are deleted."""
+    formats: tuple[Literal["h5", "keras", "saved_model", "litert", "onnx"], ...] = field(
+        default=("h5", "keras"), metadata={"includes": ("h5",), "why": "predict, pull and "
+                                           "reruns read model.h5"})
+    """Model files the chief writes and checks against the trained model (job.export_check):
+    model.h5, and Keras 3's own model.keras, which costs about a second and as many bytes
+    again on the demo; saved_model, litert and onnx on request (they need the export extra)."""
+    export_check: Literal["fail", "warn"] = "fail"
+    """fail: a format that predicts differently from the trained model fails the run (exit 1),
+    never a silently wrong file; warn: one warning line, and the file stays."""
 
 
 @dataclass(frozen=True)

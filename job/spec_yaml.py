@@ -270,6 +270,8 @@ class Reader:
             return self.build(kind, self.section(d, name, path=key), key)
         if get_origin(kind) is Literal:
             return self.choice(d, key, get_args(kind), default)
+        if get_origin(kind) is tuple and get_origin(get_args(kind)[0]) is Literal:
+            return self.choices(d, key, get_args(get_args(kind)[0]), default, f.metadata)
         if kind is int:
             return self.integer(d, key, default, f.metadata)
         if kind is float:
@@ -356,6 +358,21 @@ class Reader:
         if value not in choices:
             self.fail(key, value, "one of " + ", ".join(choices), "pick one of those")
         return value
+
+
+    def choices(self, d: dict, key: str, choices: tuple[str, ...], default: tuple[str, ...],
+                limits: Mapping[str, Any]) -> tuple[str, ...]:
+        """A list of distinct values of ``choices`` that holds every one of
+        ``limits["includes"]`` (``limits["why"]`` says why)."""
+        value = self._get(d, key, default, False)
+        needed = limits.get("includes", ())
+        if (not isinstance(value, (list, tuple)) or not value
+                or any(not isinstance(v, str) or v not in choices for v in value)
+                or len(set(value)) != len(value) or any(v not in value for v in needed)):
+            with_ = f", with {', '.join(needed)} ({limits['why']})" if needed else ""
+            self.fail(key, value, f"a list of distinct values of {', '.join(choices)}{with_}",
+                      f"e.g. {list(default)}")
+        return tuple(value)
 
 
 FieldReader = Callable[[Reader, dict, str], Any]

@@ -79,13 +79,14 @@ def train(spec: Spec, *, cluster, run_id: str, env: Mapping[str, str] | None = N
     complete run is reported and left alone, a different one refused), then
     ``_train``. ``restart`` discards the run directory's old run first (``--restart``).
     """
-    from job import data, rerun
+    from job import data, rerun, runtimes
     from job.run_dir import RunDir
 
     env = dict(os.environ if env is None else env)
     out = out or sys.stdout
     started = time.time()
     spec_module.check_worker_count(spec, cluster.num_workers)
+    runtimes.check_installed(spec.output.formats)  # Before training, not after it.
     splits = data.make_splits(spec.data, seed=spec.train.seed)
     run = RunDir.open(spec.output.dir, run_id, is_chief=cluster.is_chief, worker=cluster.index,
                       env=env)
@@ -206,8 +207,8 @@ def _train(ctx: _Context) -> Result:
                **_run_facts(ctx, started, trained=trained, start_step=start_step)}
     if started.precision.is_mixed:
         model = export.float32_copy(model, build=lambda: _build_model(ctx, weights=None))
-    export.export(ctx.run, model, metrics=metrics, spec_dict=ctx.spec.to_dict(),
-                  class_names=ctx.splits.class_names, log=ctx.log)
+    export.export(ctx.run, model, metrics=metrics, spec=ctx.spec, decoded=started.decoded,
+                  log=ctx.log)
     if ctx.cluster.is_chief:  # A report that cannot be drawn is a warning, never a failure.
         export.report(model, metrics=metrics, reporter=loop.reporter, items=ctx.splits.val,
                       decoded=started.decoded["val"], cluster=ctx.cluster)

@@ -175,3 +175,18 @@ def test_build_context_lets_in_exactly_what_the_dockerfile_copies(steps):
     assert allowed == copied
     for private in (".venv", ".git", "data", "models", "demo", "tests", "bench"):
         assert private not in allowed
+
+
+def test_the_image_installs_the_export_extra_and_every_one_of_it_is_pinned(steps):
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11, as the image")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pinned = {line.split("==")[0].strip().lower().replace("_", "-")
+              for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+              if "==" in line}
+    (deps_step,) = [a for kind, a in steps if kind == "RUN" and "-c constraints.txt" in a]
+
+    assert "['optional-dependencies']['export']" in deps_step
+    assert "trainjob[export]" in project["optional-dependencies"]["dev"]  # make test has it
+    for requirement in project["optional-dependencies"]["export"]:
+        name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0).lower().replace("_", "-")
+        assert name in pinned, f"{requirement} has no pin in constraints.txt"
