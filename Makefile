@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC ?= examples/shapes.yaml
 IMAGE ?=
+NAMESPACE ?=
 RUN ?=
 DEST ?= models
 DOCKER ?= docker
@@ -18,11 +19,13 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# Silent, and on stderr: `make render | kubectl apply -f -` on a fresh checkout pipes only YAML.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) with the versions in constraints.txt" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	@$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' >&2
+	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install trainjob with the pinned versions (constraints.txt)
 
@@ -52,15 +55,18 @@ push: ## Push the container image (IMAGE=...)
 	@test -n "$(IMAGE)" || { echo "make push: set IMAGE=registry.example.com/you/trainjob:0.1.0" >&2; exit 2; }
 	$(DOCKER) push "$(IMAGE)"
 
-render: $(STAMP) ## Print the Kubernetes manifests for SPEC (IMAGE= overrides cluster.image)
-	$(BIN)/trainjob render $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+# trainjob words a missing image as these targets take it: IMAGE=, not --image.
+render submit: export TRAINJOB_MAKE_TARGET = make $@
 
-submit: $(STAMP) ## Submit SPEC to the cluster and watch it (IMAGE= overrides cluster.image)
-	$(BIN)/trainjob submit $(SPEC) $(if $(IMAGE),--image $(IMAGE))
+render: $(STAMP) ## Print only the manifests for SPEC, for `| kubectl apply -f -` (IMAGE=, NAMESPACE= override the spec)
+	@$(BIN)/trainjob render $(SPEC) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),-n $(NAMESPACE))
+
+submit: $(STAMP) ## Submit SPEC to the cluster and watch it (IMAGE=, NAMESPACE= override the spec)
+	$(BIN)/trainjob submit $(SPEC) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),-n $(NAMESPACE))
 
 pull: $(STAMP) ## Copy run RUN from the cluster's models volume to DEST/RUN (DEST=models; IMAGE= once the cluster forgot the run)
 	@test -n "$(RUN)" || { echo "make pull: set RUN=<run id> (trainjob list shows them)" >&2; exit 2; }
-	$(BIN)/trainjob pull $(RUN) $(DEST) $(if $(IMAGE),--image $(IMAGE))
+	$(BIN)/trainjob pull $(RUN) $(DEST) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),-n $(NAMESPACE))
 
 clean: ## Remove the venv, demo outputs and caches
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache bench/results.json bench/work

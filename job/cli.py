@@ -11,14 +11,19 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from job import __version__
 from job.cluster import RUN_ID_ENV
 from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError, exit_codes_summary
+
+if TYPE_CHECKING:
+    from job.spec import Spec
 
 
 def run() -> None:
@@ -83,13 +88,29 @@ def _stdout_to_devnull() -> None:
         pass  # stdout is not a file (tests capture it): nothing will be flushed to a pipe
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: an argument it does not know is refused with its own usage.
+
+    argparse hands a subcommand's unknown arguments back to the top-level parser, whose
+    usage (``trainjob [-h] [--version] COMMAND ...``) says nothing about the command's flags.
+    """
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace, unknown
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainjob",
         description="Train Keras image classifiers as distributed batch jobs on Kubernetes.",
         epilog=f"Exit codes: {exit_codes_summary()}.")
     parser.add_argument("--version", action="version", version=f"trainjob {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser("train", help="train one worker (of one, or of a cluster)")
     p.add_argument("spec", type=Path, help="the YAML spec")
@@ -101,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("validate", help="check the spec and scan the dataset without training")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="the YAML spec file")
     p.set_defaults(handler=_validate)
 
     p = sub.add_parser("demo", help="generate the sample data and train on it")
@@ -111,11 +132,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("local", help="run N workers on this machine, restarting the group "
                                      "on retryable failures")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="the YAML spec file")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: the spec's cluster.workers)")
-    p.add_argument("--max-restarts", type=int, default=3)
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="group restarts on retryable failures before giving up (default: 3)")
+    p.add_argument("--run-id", default=None,
+                   help="run directory name under output.dir (default: the spec's name)")
     p.add_argument("--restart", action="store_true",
                    help="discard the run directory's old run once, then start the workers")
     p.set_defaults(handler=_local)
@@ -170,16 +193,16 @@ def _positive(text: str) -> int:
 
 def _submitter_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="print the Kubernetes manifests for a spec")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="the YAML spec file")
     p.add_argument("--image", default=None, help="overrides cluster.image")
     p.add_argument("--run-id", default=None, help="default: <name>-<random suffix>")
+    _cluster_flags(p, spec=True)
     p.set_defaults(handler=_render)
 
     p = sub.add_parser("submit", help="create the run on the cluster and watch it")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="the YAML spec file")
     p.add_argument("--image", default=None, help="overrides cluster.image")
-    p.add_argument("--namespace", default=None, help="overrides cluster.namespace")
-    p.add_argument("--context", default=None, help="kubeconfig context")
+    _cluster_flags(p, spec=True)
     p.add_argument("--run-id", default=None, help="default: <name>-<random suffix>")
     p.add_argument("--no-wait", action="store_true", help="create and detach at once")
     p.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
@@ -188,30 +211,48 @@ def _submitter_commands(sub: argparse._SubParsersAction) -> None:
                    metavar="DEST", help="once the run succeeds, pull its directory to "
                                         f"DEST/<run id> (default DEST: {PULL_DEST})")
     p.set_defaults(handler=_submit)
+    _run_commands(sub)
+    _pull_command(sub)
 
+
+def _run_commands(sub: argparse._SubParsersAction) -> None:
     for name, help_text in (("status", "show a run's state"),
                             ("cancel", "delete a run's Job, Service and ConfigMap")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("run_id", metavar="RUN")
+        p.add_argument("run_id", metavar="RUN", help=RUN_HELP)
         _cluster_flags(p)
+        if name == "status":
+            _output_flag(p, wide="adds the image and a table of the workers' pods")
         p.set_defaults(handler=_run_command)
 
     p = sub.add_parser("logs", help="print a worker's logs")
-    p.add_argument("run_id", metavar="RUN")
-    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("run_id", metavar="RUN", help=RUN_HELP)
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing lines as they come, until the container ends")
     p.add_argument("--worker", type=int, default=0, help="worker index (default: 0, the chief)")
+    p.add_argument("--tail", type=_positive, default=None, metavar="N",
+                   help="only the last N lines (default: all)")
+    p.add_argument("--since", type=_duration, default=None, metavar="DURATION",
+                   help="only the lines of the last DURATION, e.g. 30s, 10m, 1h30m")
+    p.add_argument("--timestamps", action="store_true",
+                   help="start each line with the time it was written (RFC 3339)")
     _cluster_flags(p)
     p.set_defaults(handler=_run_command)
 
     p = sub.add_parser("list", help="list trainjob runs in the namespace")
     _cluster_flags(p)
+    p.add_argument("--all-namespaces", "-A", action="store_true",
+                   help="the runs of every namespace (needs a ClusterRole to list jobs)")
+    _output_flag(p, wide="adds the spec's name, the image and the Kueue queue")
     p.set_defaults(handler=_run_command)
-    _pull_command(sub)
+
+
+RUN_HELP = "the run id, as `trainjob list` shows it"
 
 
 def _pull_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pull", help="copy a run directory from the models volume to here")
-    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("run_id", metavar="RUN", help=RUN_HELP)
     p.add_argument("dest", metavar="DEST", type=Path, nargs="?", default=Path(PULL_DEST),
                    help=f"the run lands in DEST/RUN (default: {PULL_DEST})")
     p.add_argument("--with-checkpoints", action="store_true",
@@ -228,10 +269,35 @@ def _pull_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_pull)
 
 
-def _cluster_flags(p: argparse.ArgumentParser) -> None:
+def _cluster_flags(p: argparse.ArgumentParser, *, spec: bool = False) -> None:
+    """-n and --context, for every command that talks to a cluster (or renders for one)."""
+    from job.submit.namespace import DEFAULT_NAMESPACE
+
+    first = "the spec's cluster.namespace, else " if spec else ""
     p.add_argument("--namespace", "-n", default=None,
-                   help="default: the kubeconfig context's namespace, else 'default'")
-    p.add_argument("--context", default=None, help="kubeconfig context")
+                   help=f"default: {first}the kubeconfig context's namespace, else "
+                        f"{DEFAULT_NAMESPACE} (the one k8s/ creates)")
+    p.add_argument("--context", default=None,
+                   help="kubeconfig context (default: the current one)")
+
+
+OUTPUTS = ("json", "yaml", "wide")
+"""``-o`` of status and list, as kubectl spells them; without it, the short text."""
+
+
+def _output_flag(p: argparse.ArgumentParser, *, wide: str) -> None:
+    p.add_argument("--output", "-o", choices=OUTPUTS, default=None,
+                   help=f"json or yaml: all of it as data; wide: {wide}")
+
+
+def _duration(text: str) -> int:
+    """Seconds in a duration as kubectl writes one: 30s, 10m, 2h, 1h30m."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    hours, minutes, seconds = (int(g or 0) for g in match.groups()) if match else (0, 0, 0)
+    total = hours * 3600 + minutes * 60 + seconds
+    if total < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a duration like 10m or 1h30m")
+    return total
 
 
 def _run_id(args: argparse.Namespace, *, default: str | None) -> str | None:
@@ -312,14 +378,42 @@ def _local(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from job import spec as spec_module
     from job.submit import manifests
+    from job.submit.namespace import resolve_namespace
 
     spec = spec_module.load(args.spec)
+    _check_image(args, spec)
     run_id = _run_id(args, default=None) or manifests.new_run_id(spec.name)
-    docs = manifests.render_manifests(spec, run_id=run_id, image=args.image)
+    namespace = resolve_namespace(flag=args.namespace, spec=spec.cluster.namespace,
+                                  context=lambda: _context_namespace(args.context))
+    docs = manifests.render_manifests(spec, run_id=run_id, image=args.image,
+                                      namespace=namespace)
     for warning in manifests.render_warnings(spec):
         print(f"trainjob: warning: {warning}", file=sys.stderr)
     sys.stdout.write(manifests.to_yaml(docs))
     return EXIT_OK
+
+
+def _context_namespace(context: str | None) -> str | None:
+    from job.submit import kube  # kubernetes is imported only when the rule gets this far
+
+    return kube.context_namespace(context=context)
+
+
+MAKE_TARGET_ENV = "TRAINJOB_MAKE_TARGET"
+"""Set by the Makefile's render and submit to their command (``make submit``), so that a
+missing image is asked for as make takes it, IMAGE=, not as --image."""
+
+
+def _check_image(args: argparse.Namespace, spec: Spec) -> None:
+    if args.image or spec.cluster.image:
+        return
+    from job.submit import manifests
+
+    target = os.environ.get(MAKE_TARGET_ENV)
+    if target:
+        raise manifests.missing_image(
+            how=f"pass IMAGE= (e.g. {target} IMAGE=ghcr.io/you/trainjob:0.1.0)")
+    raise manifests.missing_image()
 
 
 PULL_DEST = "models"
@@ -331,6 +425,7 @@ def _submit(args: argparse.Namespace) -> int:
     from job.submit import runs
 
     spec = spec_module.load(args.spec)
+    _check_image(args, spec)
     options = runs.SubmitOptions(image=args.image, run_id=_run_id(args, default=None),
                                  wait=not args.no_wait, follow=args.follow, pull_to=args.pull)
     return runs.submit(spec, options=options,
@@ -351,12 +446,16 @@ def _run_command(args: argparse.Namespace) -> int:
 
     target = runs.Target(namespace=args.namespace, context=args.context)
     if args.command == "status":
-        return runs.status(args.run_id, target=target)
+        return runs.status(args.run_id, target=target, output=args.output)
     if args.command == "cancel":
         return runs.cancel(args.run_id, target=target)
     if args.command == "logs":
-        return runs.logs(args.run_id, follow=args.follow, worker=args.worker, target=target)
-    return runs.list_runs(target=target)
+        options = runs.LogOptions(tail_lines=args.tail, since_seconds=args.since,
+                                  timestamps=args.timestamps)
+        return runs.logs(args.run_id, follow=args.follow, worker=args.worker, target=target,
+                         options=options)
+    return runs.list_runs(target=target, all_namespaces=args.all_namespaces,
+                          output=args.output)
 
 
 def _weights_commands(sub: argparse._SubParsersAction) -> None:

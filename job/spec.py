@@ -181,8 +181,9 @@ class ClusterSpec:
     """Pods in the Indexed Job; each is one worker of the training cluster."""
     image: str | None = None
     """Container image; --image overrides; required to render."""
-    namespace: str = "default"
-    """The namespace every cluster has; --namespace overrides it."""
+    namespace: str | None = None
+    """None: the namespace rule's next steps, the kubeconfig context's namespace, else
+    trainjob, the one k8s/ creates (job.submit.namespace); -n overrides it."""
     gpus_per_worker: int = field(default=0, metadata={"low": 0, "high": 64})
     """nvidia.com/gpu limit per pod; 0 = CPU-only."""
     cpu: str = "1"

@@ -1,10 +1,14 @@
 """A fake Kubernetes API server over real HTTP, driven by the real ``kubernetes`` client.
 
 Owns: an in-memory object store (namespaces, PVCs, ConfigMaps, Services, Jobs, Pods) with
-uids, a global resourceVersion counter and creation timestamps; create/get/list/delete with
-label selectors and propagation; proper ``Status`` errors (403/404/409/410/401); watch
+uids, a global resourceVersion counter and creation timestamps; create/get/list/delete and
+merge-patch, with label selectors (and a list of Jobs or Pods across all namespaces) and
+propagation; a garbage collector that deletes the objects an ownerReference ties to a deleted
+owner (and those whose owner's uid does not exist, as the real one does; Orphan keeps them,
+without the reference); proper ``Status`` errors (403/404/409/410/401); watch
 streams of newline-delimited JSON events from a resourceVersion, honouring timeoutSeconds;
-pod logs as text (``follow`` and ``tailLines``); exec over WebSocket in the channel protocol
+pod logs as text (``follow``, ``tailLines``, ``sinceSeconds``, ``timestamps``); exec over
+WebSocket in the channel protocol
 the official client speaks (v4.channel.k8s.io: each binary frame's first byte is its channel,
 1 stdout, 2 stderr, 3 the end as a JSON Status), running the command for real on this machine
 with the pod's volume mounts mapped to host folders; pods created directly (not by a Job)
@@ -13,11 +17,14 @@ not exist); and a small Indexed-Job controller thread
 that creates one pod per index, moves it Pending -> Running -> Succeeded/Failed from a
 scripted ``Scenario`` (or by running the pod's command as a local process), applies
 podFailurePolicy, backoffLimit, successPolicy and podReplacementPolicy: Failed, and keeps
-the Job's conditions and counts.
+the Job's conditions and counts; a suspended Job starts no pod until resumed, and a pod whose
+ConfigMap volume does not exist waits in ContainerCreating, as the kubelet makes it wait
+(recorded in ``mount_failures``).
 Hooks for tests: ``forbid`` a verb on a resource, ``expire_next_watch`` (410 Gone, in the
 stream or as HTTP), ``drop_next_watch`` (the connection breaks mid-stream), ``tokens`` (401),
 ``script_pod_start`` (how directly created pods start), ``hold_exec_after`` (an exec's output
-stops after N bytes until its pod is deleted).
+stops after N bytes until its pod is deleted), ``age_log`` (log lines written earlier);
+``history`` shows every change of a resource.
 RBAC mode (opt-in): ``enforce_rbac(Rbac.load())`` answers 403 to every request the bound
 Roles of k8s/rbac.yaml do not allow, mapping method, path and ``watch=true`` to the RBAC
 verb as the API server does (an exec, a GET upgraded to a WebSocket, is checked as ``get``
@@ -81,6 +88,9 @@ _ROUTES = [
                 r"(?:/(?P<name>[^/]+))?$"), None, True),
     (re.compile(r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/(?P<res>jobs)(?:/(?P<name>[^/]+))?$"),
      None, True),
+    # A namespaced resource across every namespace: list only, authorized at the cluster scope.
+    (re.compile(r"^/apis/batch/v1/(?P<res>jobs)$"), None, False),
+    (re.compile(r"^/api/v1/(?P<res>pods)$"), None, False),
 ]
 _KIND = {"namespaces": "Namespace", "pods": "Pod", "services": "Service",
          "configmaps": "ConfigMap", "persistentvolumeclaims": "PersistentVolumeClaim",
@@ -259,10 +269,15 @@ class FakeKube:
         """(verb, group, resource) of every request answered 403, in order."""
         self.rbac: Rbac | None = None
         """When set (``enforce_rbac``), requests it does not allow get 403."""
+        self.mount_failures: list[tuple[str, str]] = []
+        """(pod, ConfigMap) for every pod that found its ConfigMap volume missing, as the
+        kubelet's FailedMount events would say."""
         self._cond = threading.Condition()
         self._objects: dict[tuple[str, str, str], dict] = {}
         self._events: list[tuple[int, str, str, str, dict]] = []
         self._logs: dict[tuple[str, str], list[str]] = {}
+        self._log_times: dict[tuple[str, str], list[datetime.datetime]] = {}
+        """When each log line was written, for sinceSeconds and timestamps."""
         self._runtime: dict[tuple[str, str], _Runtime] = {}
         self._job_ports: dict[str, list[int]] = {}
         self._execs: dict[tuple[str, str], list[subprocess.Popen]] = {}
@@ -391,6 +406,20 @@ class FakeKube:
             return [copy.deepcopy(o) for (r, ns, _), o in self._objects.items()
                     if r == resource and (namespace is None or ns == namespace)]
 
+    def history(self, resource: str, namespace: str | None = None) -> list[tuple[str, dict]]:
+        """(ADDED, MODIFIED or DELETED, a deep copy of the object) for every change of one
+        resource, oldest first: what a watch from the beginning would have seen."""
+        with self._cond:
+            return [(event, copy.deepcopy(obj)) for _, r, ns, event, obj in self._events
+                    if r == resource and (namespace is None or ns == namespace)]
+
+    def age_log(self, namespace: str, pod: str, *, seconds: float) -> None:
+        """Make every log line the pod has written so far ``seconds`` older (sinceSeconds)."""
+        with self._cond:
+            self._log_times[(namespace, pod)] = [
+                written - datetime.timedelta(seconds=seconds)
+                for written in self._log_times.get((namespace, pod), [])]
+
     def log(self, namespace: str, pod: str) -> list[str]:
         with self._cond:
             return list(self._logs.get((namespace, pod), []))
@@ -433,12 +462,23 @@ class FakeKube:
         self._cond.notify_all()
         return obj
 
+    def _write_log(self, key: tuple[str, str], line: str) -> None:
+        self._logs.setdefault(key, []).append(line)
+        self._log_times.setdefault(key, []).append(datetime.datetime.now(datetime.timezone.utc))
+
     def _delete(self, resource: str, namespace: str, name: str, propagation: str) -> dict:
         obj = self._objects[(resource, namespace, name)]
-        if resource == "jobs" and propagation != "Orphan":
-            uid = obj["metadata"]["uid"]
-            for pod in self._pods_of(namespace, uid):
-                self._delete("pods", namespace, pod["metadata"]["name"], "Background")
+        # The garbage collector, at once: dependents go first (Foreground, and Background in
+        # effect), or keep living without the reference (Orphan).
+        for (kind, _, dependent), owned in self._dependents(namespace, obj["metadata"]["uid"]):
+            if propagation == "Orphan":
+                owned = copy.deepcopy(owned)
+                owned["metadata"]["ownerReferences"] = [
+                    ref for ref in owned["metadata"]["ownerReferences"]
+                    if ref.get("uid") != obj["metadata"]["uid"]]
+                self._store(kind, namespace, owned, "MODIFIED")
+            elif (kind, namespace, dependent) in self._objects:
+                self._delete(kind, namespace, dependent, "Background")
         if resource == "pods":
             runtime = self._runtime.pop((namespace, name), None)
             if runtime:
@@ -448,6 +488,22 @@ class FakeKube:
         obj = copy.deepcopy(obj)
         obj["metadata"]["deletionTimestamp"] = _now()
         return self._store(resource, namespace, obj, "DELETED")
+
+    def _dependents(self, namespace: str, uid: str) -> list[tuple[tuple[str, str, str], dict]]:
+        """The objects an ownerReference ties to the owner ``uid``."""
+        return [(key, o) for key, o in list(self._objects.items()) if key[1] == namespace
+                and any(ref.get("uid") == uid
+                        for ref in o["metadata"].get("ownerReferences") or [])]
+
+    def _collect_garbage(self) -> None:
+        """Delete the objects none of whose owners exist, as the garbage collector does for
+        an ownerReference whose uid names nothing (a wrong uid, or an owner deleted first)."""
+        uids = {o["metadata"].get("uid") for o in self._objects.values()}
+        for (kind, namespace, name), obj in list(self._objects.items()):
+            owners = obj["metadata"].get("ownerReferences") or []
+            if owners and not any(ref.get("uid") in uids for ref in owners) \
+                    and (kind, namespace, name) in self._objects:
+                self._delete(kind, namespace, name, "Background")
 
     def _pods_of(self, namespace: str, job_uid: str) -> list[dict]:
         return [o for (r, ns, _), o in list(self._objects.items())
@@ -459,6 +515,7 @@ class FakeKube:
         # The controller's own clock: one scripted step per tick, whatever the client does.
         while not self._stop_event.wait(TICK_SECONDS):
             with self._cond:
+                self._collect_garbage()
                 for (resource, namespace, _), obj in list(self._objects.items()):
                     if resource == "jobs" and not _finished(obj) and (
                             namespace in self._watched or not self.start_on_watch):
@@ -470,6 +527,8 @@ class FakeKube:
     def _reconcile(self, namespace: str, job: dict) -> None:
         spec = job["spec"]
         uid = job["metadata"]["uid"]
+        if self._suspension(namespace, job):
+            return
         completions = spec.get("completions", 1)
         for pod in self._pods_of(namespace, uid):
             if pod["status"]["phase"] not in TERMINAL:
@@ -494,6 +553,28 @@ class FakeKube:
             if index not in succeeded and all(p["status"]["phase"] == "Failed" for p in mine):
                 pods.append(self._create_pod(namespace, job, index, attempt=len(mine)))
         self._update_job_status(namespace, job, pods)
+
+    def _suspension(self, namespace: str, job: dict) -> bool:
+        """Whether the Job is suspended (then it has no pods), keeping its Suspended condition
+        as the real controller does."""
+        suspended = bool(job["spec"].get("suspend"))
+        conditions = job["status"].get("conditions") or []
+        was = any(c["type"] == "Suspended" and c["status"] == "True" for c in conditions)
+        if suspended != was and (suspended or conditions):
+            job = copy.deepcopy(job)
+            condition = _condition("Suspended", "JobSuspended" if suspended else "JobResumed",
+                                   "Job suspended" if suspended else "Job resumed")
+            condition["status"] = "True" if suspended else "False"
+            job["status"]["conditions"] = [c for c in conditions if c["type"] != "Suspended"] \
+                + [condition]
+            self._store("jobs", namespace, job, "MODIFIED")
+        return suspended
+
+    def _missing_config_maps(self, namespace: str, pod: dict) -> list[str]:
+        """The ConfigMaps of the pod's volumes that do not exist; the kubelet retries them."""
+        return [v["configMap"]["name"] for v in pod["spec"].get("volumes") or []
+                if "configMap" in v
+                and ("configmaps", namespace, v["configMap"]["name"]) not in self._objects]
 
     def _kubelet(self, namespace: str, pod: dict) -> None:
         """A pod created directly: scheduled, then Running, one step per tick (or held)."""
@@ -608,12 +689,18 @@ class FakeKube:
         self._runtime[(namespace, pod["metadata"]["name"])] = _Runtime(index=index,
                                                                        attempt=script)
         self._logs[(namespace, pod["metadata"]["name"])] = []
+        self._log_times[(namespace, pod["metadata"]["name"])] = []
         return self._store("pods", namespace, pod, "ADDED")
 
     def _advance(self, namespace: str, pod: dict) -> None:
         key = (namespace, pod["metadata"]["name"])
         runtime = self._runtime.get(key)
         if runtime is None:
+            return
+        missing = self._missing_config_maps(namespace, pod)
+        if missing:
+            if (pod["metadata"]["name"], missing[0]) not in self.mount_failures:
+                self.mount_failures.append((pod["metadata"]["name"], missing[0]))
             return
         if self.run_processes:
             self._advance_process(namespace, pod, runtime)
@@ -626,7 +713,7 @@ class FakeKube:
         elif runtime.step == len(script.pending):
             pod["status"] = _running_status()
         elif runtime.logged < len(script.logs):
-            self._logs[key].append(script.logs[runtime.logged])
+            self._write_log(key, script.logs[runtime.logged])
             runtime.logged += 1
             self._cond.notify_all()
             runtime.step += 1
@@ -644,7 +731,7 @@ class FakeKube:
             try:
                 runtime.process = self._start_process(namespace, pod, runtime)
             except Exception as error:  # a broken manifest shows as a failed pod, like kubelet
-                self._logs[(namespace, pod["metadata"]["name"])].append(f"fake kubelet: {error}")
+                self._write_log((namespace, pod["metadata"]["name"]), f"fake kubelet: {error}")
                 runtime.exit_code = 128
                 return
             pod = copy.deepcopy(pod)
@@ -714,7 +801,7 @@ class FakeKube:
         assert process.stdout is not None
         for line in process.stdout:
             with self._cond:
-                self._logs.setdefault((namespace, name), []).append(line.rstrip("\n"))
+                self._write_log((namespace, name), line.rstrip("\n"))
                 self._cond.notify_all()
         code = process.wait()
         with self._cond:
@@ -795,8 +882,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._watch(resource, namespace, query)
         with fake._cond:
             if verb == "list":
+                everywhere = not namespace and resource != "namespaces"
                 items = [copy.deepcopy(o) for (r, ns, _), o in fake._objects.items()
-                         if r == resource and ns == namespace
+                         if r == resource and (ns == namespace or everywhere)
                          and _selects(query.get("labelSelector", ""), o)]
                 return self._json(200, {"kind": f"{_KIND[resource]}List", "apiVersion": "v1",
                                         "metadata": {"resourceVersion": str(fake._rv)},
@@ -824,6 +912,14 @@ class _Handler(BaseHTTPRequestHandler):
                                     details={"kind": resource, "name": name})
             if verb == "get":
                 return self._json(200, copy.deepcopy(fake._objects[key]))
+            if verb == "patch":
+                if self.headers.get("Content-Type") != "application/merge-patch+json" \
+                        or not isinstance(body, dict):
+                    return self._status(415, "UnsupportedMediaType", "the fake takes JSON "
+                                        "merge patches (application/merge-patch+json) only")
+                patched = _merge(copy.deepcopy(fake._objects[key]), body)
+                return self._json(200, copy.deepcopy(fake._store(resource, namespace, patched,
+                                                                 "MODIFIED")))
             if verb == "delete":
                 propagation = (body or {}).get("propagationPolicy") \
                     or query.get("propagationPolicy") or "Background"
@@ -1018,10 +1114,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._status(400, "BadRequest", f'container "trainjob" in pod "{name}" '
                                     "is waiting to start: ContainerCreating")
             lines = list(fake._logs.get((namespace, name), []))
-        tail = int(query["tailLines"]) if query.get("tailLines") else None
-        start = max(0, len(lines) - tail) if tail is not None else 0
+            times = list(fake._log_times.get((namespace, name), []))
+        start = _log_start(times, query)
+        stamped = query.get("timestamps") in ("true", "1")
+
+        def text(number: int, line: str) -> str:
+            if not stamped:
+                return line
+            return times[number].strftime("%Y-%m-%dT%H:%M:%S.%f000Z ") + line
+
         if query.get("follow") not in ("true", "1"):
-            data = "".join(f"{line}\n" for line in lines[start:]).encode()
+            data = "".join(f"{text(start + i, line)}\n"
+                           for i, line in enumerate(lines[start:])).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
@@ -1036,6 +1140,7 @@ class _Handler(BaseHTTPRequestHandler):
             while True:
                 with fake._cond:
                     lines = fake._logs.get((namespace, name), [])
+                    times = list(fake._log_times.get((namespace, name), []))
                     pod = fake._objects.get(("pods", namespace, name))
                     ended = pod is None or pod["status"]["phase"] in TERMINAL or fake._stopping
                     new = lines[sent:]
@@ -1045,7 +1150,7 @@ class _Handler(BaseHTTPRequestHandler):
                 for line in new:
                     if drop_after is not None and sent - start >= drop_after:
                         return self._break_stream()
-                    self._chunk(f"{line}\n".encode())
+                    self._chunk(f"{text(sent, line)}\n".encode())
                     sent += 1
                 if ended and not new:
                     break
@@ -1161,6 +1266,19 @@ def _host_rewriter(mounts: Mapping[str, Path]) -> Callable[[str], str]:
     return lambda text: pattern.sub(lambda m: str(mounts[m.group(1)]), text)
 
 
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: mappings merge, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    target = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = _merge(target.get(key), value)
+    return target
+
+
 def _verb(method: str, *, name: str | None, query: Mapping[str, str]) -> str:
     """The RBAC verb of a request: GET on an item is get, on a collection list, or watch."""
     if method == "GET":
@@ -1181,6 +1299,18 @@ def _route(path: str) -> tuple[str, str, str | None] | None:
             namespace = (groups.get("ns") or "") if namespaced else ""
             return fixed or groups["res"], namespace, groups.get("name")
     return None
+
+
+def _log_start(times: Sequence[datetime.datetime], query: Mapping[str, str]) -> int:
+    """The first log line to send: the last ``tailLines`` of those after ``sinceSeconds``."""
+    start = 0
+    if query.get("sinceSeconds"):
+        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+            seconds=int(query["sinceSeconds"]))
+        start = next((i for i, written in enumerate(times) if written >= since), len(times))
+    if query.get("tailLines"):
+        start = max(start, len(times) - int(query["tailLines"]))
+    return start
 
 
 def _now() -> str:

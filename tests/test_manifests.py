@@ -453,6 +453,12 @@ def test_the_commands_find_the_objects_under_the_names_rendered(tmp_path):
     assert pod_spec_of(docs["Job"])["subdomain"] == manifests.service_name("shapes-q9z2w")
 
 
+def test_without_a_namespace_anywhere_render_uses_the_one_k8s_creates(tmp_path):
+    docs = render(load_spec(tmp_path, cluster={"namespace": None}))
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {"trainjob"}
+    assert spec_in_config_map(docs["ConfigMap"]).cluster.namespace == "trainjob"
+
+
 def test_objects_are_named_for_the_run_in_the_spec_namespace(tmp_path):
     docs = render(load_spec(tmp_path, cluster={"namespace": "ml"}), run_id="shapes-q9z2w")
     assert [(d["metadata"]["name"], d["metadata"]["namespace"]) for d in docs.values()] == [

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -24,8 +26,9 @@ from fake_kube import Attempt, FakeKube, Rbac, write_run_directory
 from job import cli
 from job import spec as spec_module
 from job.errors import EXIT_INTERRUPTED, ClusterError, JobFailed
-from job.submit import pull, runs
+from job.submit import manifests, pull, runs
 from job.submit.kube import Forbidden, Kube
+from job.submit.namespace import DEFAULT_NAMESPACE, resolve_namespace
 from job.submit.state import (
     INDEX_LABEL,
     Event,
@@ -145,7 +148,8 @@ def test_successful_run_reports_pending_reasons_running_chief_logs_and_model_loc
 
     assert code == 0
     assert_in_order(lines, [
-        f"submitted run {RUN} to namespace 'ml' (ConfigMap {RUN}-spec, Service {RUN}, Job {RUN})",
+        f"submitted run {RUN} to namespace 'ml'",
+        f"  objects: ConfigMap {RUN}-spec, Service {RUN}, Job {RUN}",
         f"  status: trainjob status {RUN}",
         "pending: 0/2 running (worker 0: Unschedulable: 0/3 nodes are available: 3 "
         "Insufficient nvidia.com/gpu.)",
@@ -226,18 +230,30 @@ def test_no_wait_returns_after_creating_the_run(spec, cluster):
 
 def test_forbidden_create_names_verb_and_resource_and_leaves_nothing_behind(spec, cluster):
     fake = cluster()
-    fake.forbid("create", "jobs")
+    fake.forbid("create", "services")
 
     with pytest.raises(ClusterError) as refused:
         submit(spec, fake)
 
     assert str(refused.value) == (
-        "forbidden: user 'alice' cannot create jobs.batch in namespace 'ml'; ask your cluster "
+        "forbidden: user 'alice' cannot create services in namespace 'ml'; ask your cluster "
         "admin to bind the trainjob Role (k8s/rbac.yaml) to you.")
     assert refused.value.exit_code == 2
     assert run_objects(fake) == NOTHING
     created = [path for method, path, _ in fake.requests if method == "POST"]
-    assert len(created) == 3  # ConfigMap, Service, then the refused Job; the first two undone
+    assert len(created) == 3  # the Job, the ConfigMap, then the refused Service; two undone
+
+
+def test_a_refused_resume_leaves_nothing_behind(spec, cluster):
+    # A Role from before the Job was created suspended lacks patch on jobs.
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]}, start_on_watch=False)
+    fake.forbid("patch", "jobs")
+
+    with pytest.raises(ClusterError, match="^forbidden: user 'alice' cannot patch jobs.batch "
+                                           "in namespace 'ml'; ask your cluster admin"):
+        submit(spec, fake)
+
+    assert run_objects(fake) == NOTHING
 
 
 def test_missing_volume_claim_fails_before_anything_is_created(spec, cluster):
@@ -279,8 +295,8 @@ def test_run_id_already_taken_says_to_pick_another(spec, cluster):
     fake = cluster()
     submit(spec, fake, wait=False)
 
-    with pytest.raises(ClusterError, match=f"^already exists: configmap '{RUN}-spec' in "
-                                           "namespace 'ml'; submit again without --run-id"):
+    with pytest.raises(ClusterError, match=f"^already exists: job '{RUN}' in namespace 'ml'; "
+                                           "submit again without --run-id"):
         submit(spec, fake, wait=False)
 
 
@@ -336,8 +352,8 @@ def test_cancel_deletes_the_job_its_pods_the_service_and_the_configmap(spec, clu
     assert runs.cancel(RUN, out=out, target=runs.Target(kube=client(fake))) == 0
 
     assert run_objects(fake) == NOTHING
-    assert out.getvalue().startswith(f"cancelled run {RUN}: deleted Job {RUN}, Service {RUN}, "
-                                     f"ConfigMap {RUN}-spec")
+    assert out.getvalue() == (f"cancelled run {RUN}: deleted its Job, pods, Service and "
+                              "ConfigMap\nits run directory stays on the models volume\n")
     deletes = [q for m, _, q in fake.requests if m == "DELETE"]
     assert deletes and all(q == "" for q in deletes)  # propagation went in the body
     with pytest.raises(ClusterError, match=f"^no run named '{RUN}' in namespace 'ml'"):
@@ -385,6 +401,179 @@ def test_list_says_so_when_there_are_no_runs(cluster):
     target = runs.Target(namespace="default", kube=client(cluster()))
     assert runs.list_runs(out=out, target=target) == 0
     assert out.getvalue() == "no trainjob runs in namespace 'default'\n"
+
+
+# --- the Job owns the run's other objects ----------------------------------------------------
+def owner_references(fake: FakeKube, resource: str) -> list:
+    (obj,) = fake.objects(resource, NAMESPACE)
+    return obj["metadata"].get("ownerReferences")
+
+
+def test_submit_creates_the_job_suspended_then_what_it_owns_then_resumes_it(spec, cluster):
+    # The controller starts pods at once here (no waiting for a watch), so a Job created
+    # running before its ConfigMap would leave its pods waiting for their spec.
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]}, start_on_watch=False)
+
+    assert submit(spec, fake, wait=False)[0] == 0
+    fake.wait_for(lambda: sum(p["status"]["phase"] == "Running"
+                              for p in fake.objects("pods")) == 2)
+
+    writes = [(method, path.rsplit("/", 1)[-1]) for method, path, _ in fake.requests
+              if method in ("POST", "PATCH")]
+    assert writes == [("POST", "jobs"), ("POST", "configmaps"), ("POST", "services"),
+                      ("PATCH", RUN)]
+    first, *_ = [obj for event, obj in fake.history("jobs") if event == "ADDED"]
+    assert first["spec"]["suspend"] is True
+    (job,) = fake.objects("jobs", NAMESPACE)
+    assert job["spec"]["suspend"] is False
+    owner = [{"apiVersion": "batch/v1", "kind": "Job", "name": RUN,
+              "uid": job["metadata"]["uid"]}]
+    assert owner_references(fake, "configmaps") == owner
+    assert owner_references(fake, "services") == owner
+    assert fake.mount_failures == []  # no pod ever looked for a spec that was not there
+
+
+def test_the_fake_kubelet_holds_a_pod_whose_spec_is_missing(spec, cluster):
+    # Guards the test above: a Job created running before its ConfigMap is caught.
+    fake = cluster({0: [Attempt()], 1: [Attempt()]}, start_on_watch=False)
+
+    job = next(d for d in manifests.render_manifests(spec, run_id=RUN) if d["kind"] == "Job")
+    client(fake).create(NAMESPACE, job)
+    fake.wait_for(lambda: len(fake.mount_failures) == 2)
+
+    assert {configmap for _, configmap in fake.mount_failures} == {f"{RUN}-spec"}
+    assert {p["status"]["phase"] for p in fake.objects("pods")} == {"Pending"}
+
+
+@pytest.mark.parametrize("propagation", ["Background", "Foreground"])
+def test_deleting_the_job_deletes_the_configmap_and_service_it_owns(spec, cluster,
+                                                                   propagation):
+    # As the Job's TTL, `kubectl delete job` (Background) and `kubectl delete --cascade=
+    # foreground` do. The garbage collector also deletes objects whose owner uid names
+    # nothing, so a wrong uid would have lost them before the delete.
+    fake = cluster({0: [Attempt(hold=True)], 1: [Attempt(hold=True)]}, start_on_watch=False)
+    submit(spec, fake, wait=False)
+    fake.wait_for(lambda: len(fake.objects("pods")) == 2)
+    assert run_objects(fake)["configmaps"] == [f"{RUN}-spec"]
+    assert run_objects(fake)["services"] == [RUN]
+
+    client(fake).delete(NAMESPACE, "Job", RUN, propagation=propagation)
+
+    assert run_objects(fake) == NOTHING
+
+
+def test_orphaning_the_job_keeps_its_configmap_and_service_without_the_owner(spec, cluster):
+    fake = cluster(start_on_watch=False)
+    submit(spec, fake, wait=False)
+
+    client(fake).delete(NAMESPACE, "Job", RUN, propagation="Orphan")
+
+    assert run_objects(fake)["configmaps"] == [f"{RUN}-spec"]
+    assert owner_references(fake, "configmaps") == []
+
+
+def test_a_job_for_a_kueue_queue_stays_suspended_for_kueue_to_admit(spec_path, cluster):
+    spec = spec_module.from_dict(spec_dict(queue="team-a"), base_dir=spec_path.parent)
+    fake = cluster(start_on_watch=False)
+
+    code, lines = submit(spec, fake, wait=False)
+
+    assert code == 0
+    assert not [r for r in fake.requests if r[0] == "PATCH"]
+    (job,) = fake.objects("jobs", NAMESPACE)
+    assert job["spec"]["suspend"] is True
+    assert owner_references(fake, "configmaps")[0]["uid"] == job["metadata"]["uid"]
+    assert fake.objects("pods") == []
+
+
+# --- -o, -A and the log window ---------------------------------------------------------------
+def test_status_prints_json_yaml_and_a_wide_summary(spec, cluster):
+    fake = cluster({0: [Attempt(logs=("epoch 1",))], 1: [Attempt(exit_code=75), Attempt()]})
+    assert submit(spec, fake)[0] == 0
+    target = runs.Target(kube=client(fake))
+
+    out = io.StringIO()
+    assert runs.status(RUN, target=target, output="json", out=out) == 0
+    data = json.loads(out.getvalue())
+    assert {k: data[k] for k in ("run", "namespace", "state", "workers", "model",
+                                 "model_written", "image")} == {
+        "run": RUN, "namespace": NAMESPACE, "state": "succeeded", "workers": 2,
+        "model": f"trainjob-models:/models/{RUN}/model.h5", "model_written": True,
+        "image": "ghcr.io/example/trainjob:0.1.0"}
+    assert data["failed"]["worker"] == 1 and data["failed"]["reason"] == "exit 75, retryable"
+    assert data["failed_pods"] == 1
+
+    out = io.StringIO()
+    runs.status(RUN, target=target, output="yaml", out=out)
+    assert {k: v for k, v in yaml.safe_load(out.getvalue()).items() if k != "age"} == {
+        k: v for k, v in data.items() if k != "age"}
+
+    out = io.StringIO()
+    runs.status(RUN, target=target, output="wide", out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"run:     {RUN} (namespace ml)"
+    assert "image:   ghcr.io/example/trainjob:0.1.0" in lines
+    table = lines[lines.index("pods:") + 1:]
+    assert table[0].split() == ["WORKER", "POD", "PHASE", "DETAIL"]
+    assert [row.split()[0] for row in table[1:]] == ["0", "1"]
+
+
+def test_list_prints_json_yaml_and_a_wide_table(spec, cluster):
+    fake = cluster()
+    submit(spec, fake, wait=False)
+    target = runs.Target(kube=client(fake))
+
+    out = io.StringIO()
+    assert runs.list_runs(target=target, output="json", out=out) == 0
+    (row,) = json.loads(out.getvalue())["runs"]
+    assert (row["run"], row["namespace"], row["workers"], row["spec"], row["queue"]) == (
+        RUN, NAMESPACE, 2, "tiny", None)
+    out = io.StringIO()
+    runs.list_runs(target=target, output="yaml", out=out)
+    assert yaml.safe_load(out.getvalue())["runs"][0]["run"] == RUN
+
+    out = io.StringIO()
+    runs.list_runs(target=target, output="wide", out=out)
+    header, row_text = out.getvalue().splitlines()
+    assert header.split() == ["RUN", "STATE", "WORKERS", "RUNNING", "SUCCEEDED", "FAILED",
+                              "AGE", "SPEC", "IMAGE", "QUEUE"]
+    assert row_text.split()[-3:] == ["tiny", "ghcr.io/example/trainjob:0.1.0", "<none>"]
+
+
+def test_list_all_namespaces_shows_the_runs_of_each(spec, cluster):
+    fake = cluster(pvcs=PVCS + (("default", "trainjob-models"), ("default", "trainjob-data")))
+    submit(spec, fake, wait=False)
+    submit(spec, fake, wait=False, namespace="default")
+    target = runs.Target(kube=client(fake))
+
+    out = io.StringIO()
+    assert runs.list_runs(target=target, all_namespaces=True, out=out) == 0
+    table = [line.split() for line in out.getvalue().splitlines()]
+    assert table[0][:3] == ["NAMESPACE", "RUN", "STATE"]
+    assert sorted(row[:2] for row in table[1:]) == [["default", RUN], [NAMESPACE, RUN]]
+
+
+def test_log_window_tail_since_and_timestamps(spec, cluster):
+    fake = cluster({0: [Attempt(logs=("one", "two", "three"))], 1: [Attempt()]})
+    assert submit(spec, fake)[0] == 0
+    target = runs.Target(kube=client(fake))
+    (chief,) = [p["metadata"]["name"] for p in fake.objects("pods", NAMESPACE)
+                if p["metadata"]["labels"][INDEX_LABEL] == "0"]
+
+    def logs(follow: bool = False, **window) -> str:
+        out = io.StringIO()
+        assert runs.logs(RUN, follow=follow, target=target, out=out,
+                         options=runs.LogOptions(**window)) == 0
+        return out.getvalue()
+
+    for follow in (False, True):
+        assert logs(follow, tail_lines=2) == "two\nthree\n"
+        stamped = logs(follow, timestamps=True).splitlines()
+        assert [re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (\w+)", line).group(1)
+                for line in stamped] == ["one", "two", "three"]
+    fake.age_log(NAMESPACE, chief, seconds=3600)  # written an hour ago
+    assert logs(since_seconds=600) == ""
+    assert logs(since_seconds=7200) == "one\ntwo\nthree\n"
 
 
 # --- RBAC: k8s/rbac.yaml grants exactly what the commands use -------------------------------
@@ -491,20 +680,121 @@ def test_cli_commands_reach_the_cluster_through_the_kubeconfig(spec_path, cluste
     assert run_objects(fake) == NOTHING
     assert cli.main(["status", RUN]) == 2
     assert capsys.readouterr().err == (f"trainjob: error: no run named '{RUN}' in namespace "
-                                       "'ml'; `trainjob list` shows the runs there.\n")
+                                       "'ml'; `trainjob list` shows the runs there (`trainjob "
+                                       "list -A`, those of every namespace).\n")
 
 
-def test_cli_uses_the_contexts_namespace_unless_told_otherwise(spec_path, cluster, kubeconfig,
-                                                               capsys):
+def write_spec(tmp_path: Path, **cluster) -> Path:
+    path = tmp_path / "spec-here.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(**cluster)))
+    return path
+
+
+def test_a_run_submitted_as_the_readme_says_is_found_by_a_plain_list(tmp_path, cluster,
+                                                                      kubeconfig, capsys):
+    # `kubectl apply -k k8s/` made the namespace and its volumes; the context names no
+    # namespace, and the spec names the one k8s/ creates, as the example does.
+    assert spec_module.load(ROOT / "examples" / "shapes.yaml").cluster.namespace == \
+        DEFAULT_NAMESPACE
+    fake = cluster(pvcs=[(DEFAULT_NAMESPACE, "trainjob-models"),
+                         (DEFAULT_NAMESPACE, "trainjob-data")])
+    fake.add_namespace(DEFAULT_NAMESPACE)
+    kubeconfig(fake)
+
+    for run_id, namespace in (("readme-run1", DEFAULT_NAMESPACE),
+                              ("readme-run2", None)):  # left out: the same
+        spec_path = write_spec(tmp_path, namespace=namespace)
+        assert cli.main(["submit", str(spec_path), "--run-id", run_id, "--no-wait"]) == 0
+        out = capsys.readouterr().out
+        assert f"submitted run {run_id} to namespace 'trainjob'" in out
+        assert f"status: trainjob status {run_id}\n" in out  # no -n needed
+        assert cli.main(["list"]) == 0
+        assert run_id in capsys.readouterr().out
+        assert cli.main(["status", run_id]) == 0
+        capsys.readouterr()
+
+
+def test_a_spec_without_a_namespace_goes_to_the_context_s(tmp_path, cluster, kubeconfig,
+                                                          capsys):
     fake = cluster()
-    kubeconfig(fake)  # no namespace in the context: 'default'
+    kubeconfig(fake, namespace=NAMESPACE)
+
+    assert cli.main(["submit", str(write_spec(tmp_path, namespace=None)), "--run-id", RUN,
+                     "--no-wait"]) == 0
+    assert f"status: trainjob status {RUN}\n" in capsys.readouterr().out
+    assert run_objects(fake)["jobs"] == [RUN]
+    assert cli.main(["list"]) == 0
+    assert RUN in capsys.readouterr().out
+
+
+def test_a_spec_s_namespace_wins_and_the_hints_name_it(spec_path, cluster, kubeconfig, capsys):
+    fake = cluster(pvcs=PVCS + (("default", "trainjob-models"), ("default", "trainjob-data")))
+    kubeconfig(fake)  # no namespace in the context
 
     assert cli.main(["submit", str(spec_path), "--run-id", RUN, "--no-wait"]) == 0
     assert f"status: trainjob status {RUN} -n ml" in capsys.readouterr().out
     assert cli.main(["list"]) == 0
-    assert capsys.readouterr().out == "no trainjob runs in namespace 'default'\n"
+    assert capsys.readouterr().out == "no trainjob runs in namespace 'trainjob'\n"
     assert cli.main(["list", "-n", NAMESPACE]) == 0
     assert RUN in capsys.readouterr().out
+    assert cli.main(["submit", str(spec_path), "--run-id", "other-run1", "--no-wait",
+                     "-n", "default"]) == 0  # -n wins over the spec
+    assert run_objects(fake, "default")["jobs"] == ["other-run1"]
+
+
+def test_render_picks_the_namespace_by_the_same_rule(tmp_path, cluster, kubeconfig, capsys,
+                                                     monkeypatch):
+    spec_path = write_spec(tmp_path, namespace=None)
+
+    def rendered(*flags: str) -> set[str]:
+        assert cli.main(["render", str(spec_path), *flags]) == 0
+        return {d["metadata"]["namespace"]
+                for d in yaml.safe_load_all(capsys.readouterr().out)}
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert rendered() == {DEFAULT_NAMESPACE}  # offline, no kubeconfig at all
+    kubeconfig(cluster(), namespace="team-a")
+    assert rendered() == {"team-a"}
+    assert rendered("-n", "other") == {"other"}
+    spec_path.write_text(yaml.safe_dump(spec_dict(namespace="ml")))
+    assert rendered() == {"ml"}
+    assert rendered("--context", "fake", "-n", "x") == {"x"}
+
+
+def test_cli_status_and_list_take_output_and_logs_take_a_window(spec_path, cluster,
+                                                                 kubeconfig, capsys):
+    fake = cluster({0: [Attempt(logs=("one", "two"))], 1: [Attempt()]})
+    kubeconfig(fake, namespace=NAMESPACE)
+    assert cli.main(["submit", str(spec_path), "--run-id", RUN]) == 0
+    capsys.readouterr()
+
+    assert cli.main(["status", RUN, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "succeeded"
+    assert cli.main(["list", "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["runs"][0]["run"] == RUN
+    assert cli.main(["list", "--all-namespaces", "-o", "wide"]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["NAMESPACE", "RUN"]
+    assert cli.main(["logs", RUN, "--tail", "1", "--since", "1h30m", "--timestamps"]) == 0
+    assert re.fullmatch(r"\S+Z two\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["logs", RUN, "--since", "10"])
+    assert bad.value.code == 2
+    assert "usage: trainjob logs" in capsys.readouterr().err
+
+
+def test_list_all_namespaces_without_a_cluster_role_says_so_in_one_line(cluster, kubeconfig,
+                                                                       capsys):
+    rbac = Rbac.load()
+    kubeconfig(rbac_cluster(cluster, rbac, None))
+
+    assert cli.main(["list", "-A"]) == 2
+    assert capsys.readouterr().err == (
+        "trainjob: error: forbidden: listing the runs of every namespace (-A) needs list on "
+        "jobs.batch at the cluster scope, a ClusterRole that k8s/rbac.yaml does not grant; "
+        "ask your cluster admin for one, or list one namespace with -n.\n")
+    assert cli.main(["list"]) == 0  # the namespace k8s/ grants, by the rule
+    assert capsys.readouterr().out == f"no trainjob runs in namespace '{rbac.namespace}'\n"
 
 
 def test_cli_reports_a_refused_create_in_one_line_with_exit_2(spec_path, cluster, kubeconfig,
@@ -686,6 +976,25 @@ def test_model_location_without_a_models_volume_warns_it_is_lost():
                                                (183600, "2d03h")])
 def test_format_age_keeps_the_two_largest_units(seconds, text):
     assert format_age(seconds) == text
+
+
+def test_the_namespace_rule_takes_the_flag_then_the_spec_then_the_context_then_trainjob():
+    asked = []
+
+    def context() -> str:
+        asked.append("kubeconfig")
+        return "from-context"
+
+    assert resolve_namespace(flag="flag", spec="spec", context=context) == "flag"
+    assert resolve_namespace(flag=None, spec="spec", context=context) == "spec"
+    assert asked == []  # the kubeconfig is read only when the flag and the spec say nothing
+    assert resolve_namespace(flag=None, spec=None, context=context) == "from-context"
+    assert resolve_namespace(flag=None, context=lambda: None) == "trainjob"
+
+
+def test_the_default_namespace_is_the_one_k8s_creates():
+    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == DEFAULT_NAMESPACE
 
 
 # --- import rules ---------------------------------------------------------------------------

@@ -1,17 +1,17 @@
-"""The Kubernetes API, seen from the submitter: config, create, get, list, watch, logs, exec,
-delete.
+"""The Kubernetes API, seen from the submitter: config, create, get, list, watch, patch, logs,
+exec, delete.
 
 Owns: the only ``import kubernetes`` in the package. Loading the kubeconfig (``KUBECONFIG``,
 ``~/.kube/config``, in-cluster service account), bounded timeouts and retries so a dead API
 server never hangs the terminal, and turning every ``ApiException`` or transport error into
 a one-line ``ClusterError`` that says what was refused and how to fix it (the table of those
-lines is ``job.submit.api_errors``; its exceptions are re-exported here). Following a
-resource (list, then watch from its resourceVersion; 410 Gone lists again), waiting on it
-with a deadline, and following a log (each line once across reconnects), all under one
-reconnect policy. Starting a command in a container over the WebSocket channel protocol
-(``exec_stream``; ``job.submit.exec_stream`` reads its frames). Objects go in and
-come out as plain dicts in the API's own JSON shape (camelCase), so nothing above this
-module depends on the client's model classes.
+lines is ``job.submit.api_errors``; its exceptions are re-exported here). The kubeconfig
+context's namespace (``context_namespace``; which namespace a command uses is
+``job.submit.namespace``'s rule). Starting a command in a container over the WebSocket
+channel protocol (``exec_stream``; ``job.submit.exec_stream`` reads its frames). Objects go
+in and come out as plain dicts in the API's own JSON shape (camelCase), so nothing above
+this module depends on the client's model classes. Following, waiting and reconnecting are
+methods of ``Kube`` too, strung from these single requests by ``job.submit.reconnect``.
 Never touches: manifest building (``job.submit.manifests``), what events mean
 (``job.submit.state``), threads and terminal output (``job.submit.follow``,
 ``job.submit.terminal``), TensorFlow.
@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import urllib3
 from kubernetes import client, config, watch
@@ -52,6 +50,7 @@ from job.submit.api_errors import (  # re-exported: callers catch them from this
     transport_reason,
 )
 from job.submit.exec_stream import ExecStream
+from job.submit.reconnect import Reconnecting
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 """Seconds to open a TCP connection: an API server that cannot accept within 5 s is down."""
@@ -75,8 +74,6 @@ of consecutive failures tolerated (about 15 s of outage) before giving up."""
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-_Item = TypeVar("_Item")
-
 # kind -> (API resource name used in RBAC and messages, create/get/delete method suffix)
 _KINDS = {
     "ConfigMap": ("configmaps", "config_map", "core"),
@@ -87,19 +84,21 @@ _KINDS = {
 }
 
 
-class Kube:
+class Kube(Reconnecting):
     """A thin, typed door to one cluster: every method takes and returns plain dicts.
 
     Args:
         configuration: a loaded ``kubernetes.client.Configuration``.
-        default_namespace: the kubeconfig context's namespace (else ``default``).
+        default_namespace: the kubeconfig context's namespace; None when it names none (the
+            namespace rule, ``job.submit.namespace``, then falls back to its default).
         context: the kubeconfig context name, for messages.
         watch_timeout_seconds: server-side timeout of one watch connection.
         reconnect_delays_seconds: pauses between consecutive stream reconnects.
     """
 
-    def __init__(self, configuration: client.Configuration, *, default_namespace: str = "default",
-                 context: str | None = None, watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+    def __init__(self, configuration: client.Configuration, *,
+                 default_namespace: str | None = None, context: str | None = None,
+                 watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
                  reconnect_delays_seconds: tuple[float, ...] = RECONNECT_DELAYS_SECONDS) -> None:
         configuration.retries = urllib3.Retry(total=CONNECT_RETRIES, connect=CONNECT_RETRIES,
                                               read=0, status=0, other=0, redirect=0,
@@ -161,12 +160,27 @@ class Kube:
 
     # --- create / delete ---------------------------------------------------------------
     def create(self, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Create a ConfigMap, Service or Job from its manifest; return the stored object."""
+        """Create a ConfigMap, Service or Job from its manifest; return the stored object.
+
+        Strict field validation: a field the cluster does not know (a typo in the spec's
+        ``cluster.affinity``, say) is refused, where the default would drop it silently.
+        """
         resource, suffix, group = _kind(manifest.get("kind", "?"))
         method = getattr(self._api(group), f"create_namespaced_{suffix}")
         name = manifest.get("metadata", {}).get("name")
         return self._json("create", resource, namespace, name,
-                          lambda: method(namespace, dict(manifest), **self._raw()))
+                          lambda: method(namespace, dict(manifest), field_validation="Strict",
+                                         **self._raw()))
+
+    def patch(self, namespace: str, kind: str, name: str,
+              changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into one object (a JSON merge patch); return the stored object."""
+        resource, suffix, group = _kind(kind)
+        method = getattr(self._api(group), f"patch_namespaced_{suffix}")
+        return self._json("patch", resource, namespace, name,
+                          lambda: method(name, namespace, dict(changes),
+                                         _content_type="application/merge-patch+json",
+                                         **self._raw()))
 
     def delete(self, namespace: str, kind: str, name: str, *,
                propagation: str = "Foreground") -> None:
@@ -178,12 +192,17 @@ class Kube:
                                   **self._raw()))
 
     # --- list / watch ------------------------------------------------------------------
-    def list(self, namespace: str, kind: str, *, selector: str) -> tuple[list[dict], str]:
-        """List Pods or Jobs by label selector; return (items, the list's resourceVersion)."""
+    def list(self, namespace: str | None, kind: str, *,
+             selector: str) -> tuple[list[dict], str]:
+        """List Pods or Jobs by label selector, in one namespace or (None) in all of them;
+        return (items, the list's resourceVersion)."""
         resource, suffix, group = _kind(kind)
-        method = getattr(self._api(group), f"list_namespaced_{suffix}")
-        body = self._json("list", resource, namespace, None,
-                          lambda: method(namespace, label_selector=selector, **self._raw()))
+        api = self._api(group)
+        call = (lambda: getattr(api, f"list_{suffix}_for_all_namespaces")(
+            label_selector=selector, **self._raw())) if namespace is None else (
+            lambda: getattr(api, f"list_namespaced_{suffix}")(
+                namespace, label_selector=selector, **self._raw()))
+        body = self._json("list", resource, namespace, None, call)
         return body.get("items") or [], body.get("metadata", {}).get("resourceVersion", "")
 
     def watch(self, namespace: str, kind: str, *, selector: str, resource_version: str,
@@ -212,15 +231,21 @@ class Kube:
                 yield event["type"], event["raw_object"]
 
     # --- logs --------------------------------------------------------------------------
-    def read_log(self, namespace: str, pod: str, *, tail_lines: int | None = None) -> str:
-        """The pod's log as text; the last ``tail_lines`` lines when given."""
-        extra = {"tail_lines": tail_lines} if tail_lines else {}
+    def read_log(self, namespace: str, pod: str, *, tail_lines: int | None = None,
+                 since_seconds: int | None = None, timestamps: bool = False) -> str:
+        """The pod's log as text: the last ``tail_lines`` lines, those of the last
+        ``since_seconds``, each after its timestamp, as given (``kubectl logs``' options)."""
         with self._errors("get", "pods/log", namespace, pod):
-            response = self._core.read_namespaced_pod_log(pod, namespace, **extra, **self._raw())
+            response = self._core.read_namespaced_pod_log(
+                pod, namespace, **_log_options(tail_lines, since_seconds, timestamps),
+                **self._raw())
             return response.data.decode("utf-8", errors="replace")
 
-    def stream_log(self, namespace: str, pod: str) -> Iterator[str]:
-        """Yield the pod's log lines from the start, following until the container ends.
+    def stream_log(self, namespace: str, pod: str, *, tail_lines: int | None = None,
+                   since_seconds: int | None = None, timestamps: bool = False
+                   ) -> Iterator[str]:
+        """Yield the pod's log lines (from the start, or as ``read_log``'s options pick them),
+        following until the container ends.
 
         Raises:
             LogNotReady: the container has not started yet.
@@ -229,108 +254,13 @@ class Kube:
         with self._errors("get", "pods/log", namespace, pod):
             response = self._core.read_namespaced_pod_log(
                 pod, namespace, follow=True, _preload_content=False,
+                **_log_options(tail_lines, since_seconds, timestamps),
                 _request_timeout=(CONNECT_TIMEOUT_SECONDS, LOG_IDLE_TIMEOUT_SECONDS))
             try:
                 with self._open_stream(response.shutdown):
                     yield from watch.watch.iter_resp_lines(response)
             finally:
                 response.release_conn()
-
-    # --- following: one reconnect policy for watches and logs ----------------------------
-    def follow(self, namespace: str, kind: str, *, selector: str, stopped: Callable[[], bool],
-               pause: Callable[[float], object], deadline: float | None = None
-               ) -> Iterator[tuple[str, tuple[dict, ...]]]:
-        """List, then watch from the list's resourceVersion, until ``stopped()``.
-
-        Yields ("SYNC", every object) after each listing and (ADDED, MODIFIED or DELETED,
-        (the object,)) for each change. A connection that times out or breaks resumes from
-        the last resourceVersion; 410 Gone lists again. Reconnects follow ``_reconnecting``.
-        With a ``deadline`` (``time.monotonic()`` seconds), no watch connection outlasts it,
-        so ``stopped()`` is asked again soon after it passes even when nothing changes.
-
-        Raises:
-            ApiUnreachable: the API stayed unreachable through every reconnect.
-        """
-        version: str | None = None
-
-        def connect() -> Iterator[tuple[str, tuple[dict, ...]]]:
-            nonlocal version
-            timeout = None if deadline is None else max(1, min(
-                self.watch_timeout_seconds, math.ceil(deadline - time.monotonic())))
-            try:
-                if version is None:
-                    items, version = self.list(namespace, kind, selector=selector)
-                    yield "SYNC", tuple(items)
-                for change, obj in self.watch(namespace, kind, selector=selector,
-                                              resource_version=version,
-                                              timeout_seconds=timeout):
-                    version = obj["metadata"]["resourceVersion"]
-                    yield change, (obj,)
-            except WatchExpired:
-                version = None  # compacted away: list again for a fresh one
-
-        return self._reconnecting(connect, retry_on=(ApiUnreachable,), stopped=stopped,
-                                  pause=pause)
-
-    def follow_log(self, namespace: str, pod: str, *, ended: Callable[[], bool],
-                   stopped: Callable[[], bool], pause: Callable[[float], object]
-                   ) -> Iterator[str]:
-        """Yield the pod's log lines, each once, until its container ends or ``stopped()``.
-
-        A follow stream ends when the container does; one that ends while ``ended()`` is
-        still False was cut, so it is reopened and the lines already yielded are skipped.
-        A pod that is gone ends its log. Reconnects follow ``_reconnecting``.
-
-        Raises:
-            ApiUnreachable, LogNotReady: still failing after every reconnect.
-        """
-        yielded = 0
-
-        def connect() -> Iterator[str]:
-            nonlocal yielded
-            for number, line in enumerate(self.stream_log(namespace, pod)):
-                if number >= yielded:
-                    yielded = number + 1
-                    yield line
-
-        try:
-            yield from self._reconnecting(connect, retry_on=(ApiUnreachable, LogNotReady),
-                                          stopped=stopped, pause=pause, complete=ended)
-        except NotFound:
-            return  # the pod and its log are gone
-
-    def wait(self, namespace: str, kind: str, *, selector: str,
-             until: Callable[[tuple[dict, ...]], _Item | None], timeout_seconds: float,
-             pause: Callable[[float], object] = time.sleep) -> _Item | None:
-        """Watch the objects a selector picks until ``until(them)`` answers, or time runs out.
-
-        ``until`` is asked with every object currently selected after the first listing and
-        after each change; its first answer other than None is returned. Reconnects follow
-        ``_reconnecting``.
-
-        Returns:
-            ``until``'s answer, or None when ``timeout_seconds`` passed without one.
-
-        Raises:
-            ApiUnreachable: the API stayed unreachable through every reconnect.
-        """
-        deadline = time.monotonic() + timeout_seconds
-        current: dict[str, dict] = {}
-        for change, objects in self.follow(namespace, kind, selector=selector,
-                                           stopped=lambda: time.monotonic() >= deadline,
-                                           pause=pause, deadline=deadline):
-            if change == "SYNC":
-                current.clear()
-            for obj in objects:
-                name = obj["metadata"]["name"]
-                if change == "DELETED":
-                    current.pop(name, None)
-                else:
-                    current[name] = obj
-            answer = until(tuple(current.values()))
-            if answer is not None:
-                return answer
-        return None
 
     # --- exec ----------------------------------------------------------------------------
     def exec_stream(self, namespace: str, pod: str, command: list[str], *,
@@ -356,37 +286,6 @@ class Kube:
         connection.sock.settimeout(EXEC_IDLE_TIMEOUT_SECONDS)
         return ExecStream(connection.sock, command=command, pod=pod,
                           registered=self._open_stream)
-
-    def _reconnecting(self, connect: Callable[[], Iterator[_Item]], *,
-                      retry_on: tuple[type[ClusterError], ...], stopped: Callable[[], bool],
-                      pause: Callable[[float], object],
-                      complete: Callable[[], bool] = lambda: False) -> Iterator[_Item]:
-        """Open ``connect()`` again and again and pass its items on: the one reconnect policy.
-
-        A connection that ends cleanly is reopened at once, unless ``complete()``. One that
-        fails with ``retry_on`` is reopened after the next of ``reconnect_delays_seconds``,
-        waited with ``pause`` (which may return early). A connection that brings an item, or
-        ends cleanly, resets the count, so only more failures in a row than there are delays
-        give up, raising the last. ``stopped()`` is asked before each connection and after
-        each item.
-        """
-        failures = 0
-        while not stopped():
-            try:
-                for item in connect():
-                    failures = 0
-                    yield item
-                    if stopped():
-                        return
-            except retry_on:
-                failures += 1
-                if failures > len(self.reconnect_delays_seconds):
-                    raise
-                pause(self.reconnect_delays_seconds[failures - 1])
-                continue
-            failures = 0
-            if complete():
-                return
 
     # --- plumbing ----------------------------------------------------------------------
     def _api(self, group: str) -> Any:
@@ -435,37 +334,88 @@ def connect(*, context: str | None = None, **options: Any) -> Kube:
         ClusterError: no usable configuration, naming the files tried and how to fix it.
     """
     configuration = client.Configuration()
-    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
-    existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+    paths, existing = _kubeconfig_files()
     if existing:
+        name, namespace = _context(paths, existing, context)
         try:
-            contexts, current = config.list_kube_config_contexts(config_file=paths)
-            names = [c.get("name") for c in contexts]
-            if context is not None and context not in names:
-                raise ClusterError(f"kubeconfig {', '.join(existing)} has no context "
-                                   f"{context!r}; choose one of: {', '.join(map(str, names))}.")
             config.load_kube_config(config_file=paths, context=context, persist_config=False,
                                     client_configuration=configuration)
         except (ConfigException, OSError, ValueError, KeyError, TypeError) as error:
-            reason = " ".join(str(error).split()) or type(error).__name__
-            raise ClusterError(f"kubeconfig {', '.join(existing)}: {reason}; fix the file, "
-                               "or choose another with KUBECONFIG=... or --context.") from None
-        name = context or (current or {}).get("name")
-        chosen = next((c for c in contexts if c.get("name") == name), current) or {}
-        namespace = (chosen.get("context") or {}).get("namespace") or "default"
+            raise _broken(existing, error) from None
         return Kube(configuration, default_namespace=namespace, context=name, **options)
     if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         try:
             config.load_incluster_config(client_configuration=configuration)
         except ConfigException as error:
             raise ClusterError(f"in-cluster Kubernetes config: {error}.") from None
-        namespace = (SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-                     if SERVICE_ACCOUNT_NAMESPACE.is_file() else "default")
-        return Kube(configuration, default_namespace=namespace, **options)
+        return Kube(configuration, default_namespace=_pod_namespace(), **options)
     raise ClusterError(
         f"no kubeconfig found (looked at KUBECONFIG or ~/.kube/config: {paths}); get one for "
         "your cluster (e.g. `gcloud container clusters get-credentials`, `aws eks "
         "update-kubeconfig`, `az aks get-credentials`) or set KUBECONFIG=/path/to/config.")
+
+
+def context_namespace(*, context: str | None = None) -> str | None:
+    """The namespace the kubeconfig context names, read without connecting or running a
+    credential plugin (``render`` works offline); in a pod, the pod's own.
+
+    Returns:
+        None when the context names no namespace, or when there is no kubeconfig at all.
+
+    Raises:
+        ClusterError: the kubeconfig is unreadable, or has no context ``context``.
+    """
+    paths, existing = _kubeconfig_files()
+    if existing:
+        return _context(paths, existing, context)[1]
+    if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return _pod_namespace()
+    if context is not None:
+        raise ClusterError(f"--context {context}: no kubeconfig found (looked at KUBECONFIG "
+                           f"or ~/.kube/config: {paths}); set KUBECONFIG=/path/to/config.")
+    return None
+
+
+def _kubeconfig_files() -> tuple[str, list[str]]:
+    """The kubeconfig search path, and the files of it that exist."""
+    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    return paths, [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+
+
+def _context(paths: str, existing: list[str], context: str | None) -> tuple[str | None,
+                                                                         str | None]:
+    """The chosen context's name and namespace (None when it names none)."""
+    try:
+        contexts, current = config.list_kube_config_contexts(config_file=paths)
+    except (ConfigException, OSError, ValueError, KeyError, TypeError) as error:
+        raise _broken(existing, error) from None
+    names = [c.get("name") for c in contexts]
+    if context is not None and context not in names:
+        raise ClusterError(f"kubeconfig {', '.join(existing)} has no context {context!r}; "
+                           f"choose one of: {', '.join(map(str, names))}.")
+    name = context or (current or {}).get("name")
+    chosen = next((c for c in contexts if c.get("name") == name), current) or {}
+    return name, (chosen.get("context") or {}).get("namespace") or None
+
+
+def _broken(existing: list[str], error: BaseException) -> ClusterError:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return ClusterError(f"kubeconfig {', '.join(existing)}: {reason}; fix the file, or choose "
+                        "another with KUBECONFIG=... or --context.")
+
+
+def _pod_namespace() -> str | None:
+    """In a pod: its service account's namespace, None when the file is not mounted."""
+    if SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    return None
+
+
+def _log_options(tail_lines: int | None, since_seconds: int | None,
+                 timestamps: bool) -> dict[str, Any]:
+    options = {"tail_lines": tail_lines, "since_seconds": since_seconds,
+               "timestamps": timestamps or None}
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _kind(kind: str) -> tuple[str, str, str]:
@@ -489,4 +439,4 @@ def _from_api_exception(error: ApiException, verb: str, resource: str,
 
 
 __all__ = ["RBAC_HINT", "ApiUnreachable", "ExecStream", "Forbidden", "Kube", "LogNotReady",
-           "NotFound", "WatchExpired", "connect"]
+           "NotFound", "WatchExpired", "connect", "context_namespace"]

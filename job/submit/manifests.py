@@ -21,20 +21,14 @@ What the pod sees:
   ``service_name``), an Indexed Job names each pod's hostname ``<job>-<index>`` and the
   Service (the pod's ``subdomain``) gives it a DNS record.
 
-Paths in the pod's spec (``pod_spec_dict``, in ``job.submit.pod_spec``):
+Paths in the pod's spec point into the pod's volumes: ``output.dir`` onto the models volume,
+data paths onto the data volume's mount, which acts as a root (the rules are
+``job.submit.pod_spec``'s). Without a models volume the model is written to an ``emptyDir``
+and deleted with the pod (``render_warnings`` says so).
 
-- ``output.dir`` becomes ``cluster.models_volume.mount``, unless it already lies under that
-  mount. Without a models volume it becomes ``/models`` on an ``emptyDir``: the run works but
-  the model is deleted with the pod (``render_warnings`` says so).
-- Data paths (``data.train_dir``, ``val_dir``, ``test_dir``) and ``model.weights`` resolve
-  against ``cluster.data_volume.mount`` instead of the spec file's folder. The mount acts as a
-  root: leading ``..`` cannot climb out of it, as ``/..`` is ``/``. So with the spec in
-  ``examples/`` and ``train_dir: ../data/shapes/train``, the pod reads
-  ``/data/data/shapes/train``. A path already under a pod mount is kept as written. Without a
-  data volume every path is kept as is (it must then exist inside the image).
-- ``data.cache_dir`` is kept if it lies under a writable volume (the models volume, or a data
-  volume that is not read-only), else reset to null, the job's default cache location: a
-  laptop cache path means nothing inside the pod.
+The rendered order, ConfigMap, Service, Job, is the order ``kubectl apply`` must create them
+in, so no pod starts without its spec; ``submit`` creates them in another order, with the Job
+owning the others (``job.submit.ownership``).
 
 Example:
     >>> docs = render_manifests(spec, run_id="shapes-x7k2p", image="ghcr.io/me/trainjob:1")
@@ -57,6 +51,7 @@ from job.cluster import JobDns, indexed_job_env
 from job.errors import PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES, SpecError
 from job.names import POD_NAME_RESERVE, RUN_ID_MAX_LENGTH, check_run_id, excerpt, is_dns_label
 from job.spec import Spec
+from job.submit.namespace import resolve_namespace
 from job.submit.pod_spec import EMPTYDIR_MODELS_MOUNT, pod_spec_dict, pod_spec_yaml
 from job.submit.pods import RUN_USER_ID, container_security_context, pod_security_context
 
@@ -137,10 +132,13 @@ def render_manifests(spec: Spec, *, run_id: str, image: str | None = None,
         spec: the loaded spec; its ``cluster`` section shapes the Job.
         run_id: names the Job, the Service and the run directory (see ``new_run_id``).
         image: container image; overrides ``cluster.image``.
-        namespace: overrides ``cluster.namespace``.
+        namespace: the namespace, as the command chose it by the rule of
+            ``job.submit.namespace``; None: that rule without a kubeconfig (the spec's
+            ``cluster.namespace``, else ``trainjob``).
 
     Returns:
-        ``[ConfigMap, Service, Job]``, in the order they must be created.
+        ``[ConfigMap, Service, Job]``, in the order ``kubectl apply`` must create them
+        (``submit`` has its own, ``job.submit.ownership``).
 
     Raises:
         SpecError: no image, or an invalid run id.
@@ -153,14 +151,13 @@ def render_manifests(spec: Spec, *, run_id: str, image: str | None = None,
     check_run_id(run_id)
     image = image or spec.cluster.image
     if not image:
-        raise SpecError(
-            "cluster.image is not set; pass --image (e.g. --image ghcr.io/you/trainjob:0.1.0) "
-            "or set cluster.image in the spec to the image you built with `make image`.")
+        raise missing_image()
     if spec.cluster.models_volume and spec.cluster.models_volume.read_only:
         raise SpecError(
             "cluster.models_volume.read_only=True is invalid: the chief writes the model, "
             "checkpoints and logs there; set read_only: false (or remove it).")
-    namespace = namespace or spec.cluster.namespace
+    namespace = resolve_namespace(flag=namespace, spec=spec.cluster.namespace,
+                                  context=lambda: None)
     spec_text = pod_spec_yaml(spec, run_id=run_id, image=image, namespace=namespace)
     spec_sha = hashlib.sha256(spec_text.encode("utf-8")).hexdigest()
     return [
@@ -169,6 +166,14 @@ def render_manifests(spec: Spec, *, run_id: str, image: str | None = None,
         _service(spec, run_id=run_id, namespace=namespace),
         _job(spec, run_id=run_id, namespace=namespace, image=image, spec_sha=spec_sha),
     ]
+
+
+def missing_image(*, how: str = "pass --image (e.g. --image ghcr.io/you/trainjob:0.1.0)"
+                  ) -> SpecError:
+    """The one line for a spec without ``cluster.image`` and no image given; ``how`` says how
+    to give one (the Makefile's targets say IMAGE=)."""
+    return SpecError(f"cluster.image is not set; {how} or set cluster.image in the spec to "
+                     "the image you built with `make image`.")
 
 
 def render_warnings(spec: Spec) -> list[str]:
@@ -485,7 +490,7 @@ _ManifestDumper.add_representer(str, _represent_str)
 
 __all__ = [
     "EMPTYDIR_MODELS_MOUNT", "POD_NAME_RESERVE", "RUN_ID_MAX_LENGTH", "RUN_USER_ID",
-    "backoff_limit", "check_run_id", "config_map_name", "job_name", "labels", "new_run_id",
-    "pod_failure_policy", "service_name", "pod_spec_dict", "pod_spec_yaml", "render_manifests",
-    "render_warnings", "to_yaml",
+    "backoff_limit", "check_run_id", "config_map_name", "job_name", "labels", "missing_image",
+    "new_run_id", "pod_failure_policy", "service_name", "pod_spec_dict", "pod_spec_yaml",
+    "render_manifests", "render_warnings", "to_yaml",
 ]

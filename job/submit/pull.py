@@ -41,6 +41,7 @@ from job.names import check_run_id
 from job.submit import kube as kube_module
 from job.submit import manifests, pods
 from job.submit.kube import Kube, NotFound
+from job.submit.namespace import resolve_namespace
 from job.submit.state import job_view, pod_view
 from job.submit.unpack import (
     ChunkReader,
@@ -79,7 +80,7 @@ class PullOptions:
     """How to pull; every field has the default a user gets without the flag."""
 
     namespace: str | None = None
-    """None: the kubeconfig context's namespace."""
+    """-n; None: the namespace rule decides (``job.submit.namespace``)."""
     context: str | None = None
     """The kubeconfig context; None: the current one."""
     claim: str | None = None
@@ -125,7 +126,7 @@ def pull(run_id: str, dest: Path, *, options: PullOptions = PullOptions(),
     check_run_id(run_id, source="RUN", hint="as `trainjob list` shows it")
     out = out or sys.stdout
     kube = kube or kube_module.connect(context=options.context)
-    namespace = options.namespace or kube.default_namespace
+    namespace = resolve_namespace(flag=options.namespace, context=lambda: kube.default_namespace)
     source = locate(kube, namespace, run_id, options=options)
     _check_state(source, run_id, options=options, out=out)
     image = _image(source, run_id, options=options)

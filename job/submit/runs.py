@@ -1,21 +1,21 @@
 """Runs on the cluster: submit and watch, status, logs, cancel and list.
 
 Owns: the submitter's flows and what they print. The story of ``submit``: check the namespace
-and volumes, create the ConfigMap, Service and Job (all or none), then watch pod and Job
-events until the Job ends, printing one status line per change and the chief's log, and
-finally where the model is, or which pod failed and why (and, with ``pull_to``, the run
-directory pulled to this machine by ``job.submit.pull``). ``Target``, the cluster and namespace
-a command was pointed at; ``RunRef``, the run every command opens: its cluster, its namespace
-and the commands to paste for it.
+and volumes, create the Job (suspended), the ConfigMap and Service it owns, and resume it,
+all or none (``job.submit.ownership`` says why in that order), then watch pod and Job events
+until the Job ends, printing one status line per change and the chief's log, and finally
+where the model is, or which pod failed and why (and, with ``pull_to``, the run directory
+pulled to this machine by ``job.submit.pull``). Then status, logs, cancel and list, each on
+the run (or namespace) that ``job.submit.target`` points it at.
 Never touches: TensorFlow, the ``kubernetes`` package (``job.submit.kube`` is the door),
-manifest building (``job.submit.manifests``), turning events into state and lines
+manifest building (``job.submit.manifests``), turning events into state, lines and outputs
 (``job.submit.state``), the threads that follow a run (``job.submit.follow``), how a pull
-works (``job.submit.pull``).
+works (``job.submit.pull``), which namespace a command uses (``job.submit.namespace``).
 
 Example:
     >>> submit(load("examples/shapes.yaml"),  # doctest: +SKIP
     ...        options=SubmitOptions(image="ghcr.io/me/trainjob:1"))
-    submitted run shapes-x7k2p to namespace 'default' ...
+    submitted run shapes-x7k2p to namespace 'trainjob' ...
     pending: 0/2 running (worker 1: Unschedulable: 0/3 nodes are available: ...)
     running: 2/2 workers
     [worker 0] epoch 1/10 ...
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import datetime
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,25 +34,28 @@ import yaml
 
 from job.errors import EXIT_INTERRUPTED, EXIT_OK, ClusterError, JobFailed
 from job.spec import Spec
-from job.submit import kube as kube_module
 from job.submit import manifests, pull
 from job.submit.follow import RunFollow
-from job.submit.kube import Kube, NotFound
+from job.submit.kube import Forbidden, Kube, NotFound
+from job.submit.ownership import RESUME, creation_plan, owned_by
 from job.submit.state import (
     INDEX_LABEL,
     Event,
     RunState,
-    age,
     creation_order,
     current_pods,
     describe,
+    dump,
     failed_pod,
-    format_table,
-    job_state,
     model_location,
     reduce,
+    run_row,
+    run_summary,
+    runs_table,
+    summary_lines,
     why_failed,
 )
+from job.submit.target import RunRef, Target
 from job.submit.terminal import Terminal
 from job.submit.unpack import PullRefused
 
@@ -62,28 +65,7 @@ LOG_DRAIN_SECONDS = 30.0
 """After the Job ends, how long to wait for the chief's last log lines to arrive."""
 
 
-# --- the run every command opens --------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """The cluster and namespace a command talks to, as the user chose them (--context, -n)."""
-
-    namespace: str | None = None
-    """None: the kubeconfig context's namespace (``submit``: cluster.namespace first)."""
-    context: str | None = None
-    """The kubeconfig context; None: the current one."""
-    kube: Kube | None = None
-    """A connected client; None: connect from the kubeconfig (tests pass their own)."""
-
-    def connect(self) -> tuple[Kube, str]:
-        """The cluster (from the kubeconfig unless given) and the namespace (else the context's)."""
-        return _connect(self.kube, namespace=self.namespace, context=self.context)
-
-    def run(self, run_id: str) -> RunRef:
-        """The run ``run_id`` on this cluster, connected."""
-        return RunRef.open(run_id, namespace=self.namespace, context=self.context,
-                           kube=self.kube)
-
-
+# --- options -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SubmitOptions:
     """How ``submit`` creates a run and what it shows (``trainjob submit``'s flags)."""
@@ -102,84 +84,15 @@ class SubmitOptions:
 
 
 @dataclass(frozen=True)
-class RunRef:
-    """One run on one cluster: where it is, and how to name it in a ready-to-paste command."""
+class LogOptions:
+    """Which lines ``logs`` prints, as ``kubectl logs`` picks them (``trainjob logs``' flags)."""
 
-    kube: Kube
-    namespace: str
-    run_id: str
-    context: str | None = None
-    """The kubeconfig context the user chose, repeated in hints; None: the current one."""
-
-    @classmethod
-    def open(cls, run_id: str, *, namespace: str | None, context: str | None,
-             kube: Kube | None) -> RunRef:
-        """Every command's opening: connect (unless given a client), default the namespace."""
-        kube, namespace = _connect(kube, namespace=namespace, context=context)
-        return cls(kube, namespace, run_id, context)
-
-    @property
-    def config_map(self) -> str:
-        """The name of the ConfigMap that holds the run's spec, as the manifests name it."""
-        return manifests.config_map_name(self.run_id)
-
-    @property
-    def selector(self) -> str:
-        """The label selector of the run's pods and Job."""
-        return f"{manifests.LABEL_RUN_ID}={self.run_id}"
-
-    def hint(self, command: str, extra: str = "") -> str:
-        """A command for this run, with -n/--context only when they are needed."""
-        flags = "" if self.namespace == self.kube.default_namespace \
-            else f" -n {self.namespace}"
-        flags += f" --context {self.context}" if self.context else ""
-        return f"trainjob {command} {self.run_id}{flags}" + (f" {extra}" if extra else "")
-
-    def job(self) -> dict[str, Any]:
-        """The run's Job. Raises ClusterError when there is no such run."""
-        try:
-            return self.kube.get(self.namespace, "Job", manifests.job_name(self.run_id))
-        except NotFound:
-            raise self.missing() from None
-
-    def missing(self) -> ClusterError:
-        """The one line for a run that is not there."""
-        return ClusterError(f"no run named {self.run_id!r} in namespace {self.namespace!r}; "
-                            "`trainjob list` shows the runs there.")
-
-    def objects(self) -> list[dict[str, Any]]:
-        """The names of the run's objects, in deletion order: the Job (and its pods) first."""
-        return [{"kind": "Job", "metadata": {"name": manifests.job_name(self.run_id)}},
-                {"kind": "Service", "metadata": {"name": manifests.service_name(self.run_id)}},
-                {"kind": "ConfigMap", "metadata": {"name": self.config_map}}]
-
-
-def _connect(kube: Kube | None, *, namespace: str | None,
-             context: str | None) -> tuple[Kube, str]:
-    """The cluster (from the kubeconfig unless given) and the namespace (else the context's)."""
-    kube = kube or kube_module.connect(context=context)
-    return kube, namespace or kube.default_namespace
-
-
-def _delete(run: RunRef, docs: Iterable[Mapping[str, Any]], *,
-            propagation: str) -> tuple[list[str], dict[str, ClusterError]]:
-    """Delete each object, skipping those already gone.
-
-    Returns:
-        The objects deleted ('Job name'), and those that resisted with why.
-    """
-    deleted: list[str] = []
-    refused: dict[str, ClusterError] = {}
-    for doc in docs:
-        kind, name = doc["kind"], doc["metadata"]["name"]
-        try:
-            run.kube.delete(run.namespace, kind, name, propagation=propagation)
-            deleted.append(f"{kind} {name}")
-        except NotFound:
-            pass
-        except ClusterError as error:
-            refused[f"{kind} {name}"] = error
-    return deleted, refused
+    tail_lines: int | None = None
+    """The last N lines; None: all of them."""
+    since_seconds: int | None = None
+    """The lines of the last N seconds; None: from the container's start."""
+    timestamps: bool = False
+    """Each line after the time the container wrote it (RFC 3339)."""
 
 
 # --- submit: the story of one run ------------------------------------------------------------
@@ -205,18 +118,19 @@ def submit(spec: Spec, *, options: SubmitOptions | None = None, target: Target |
     if options.pull_to is not None and not options.wait:
         raise PullRefused("--pull needs submit to watch the run to its end; drop --no-wait, or "
                           "pull later with `trainjob pull RUN`.")
-    namespace = target.namespace or spec.cluster.namespace
     run_id = options.run_id or manifests.new_run_id(spec.name)
+    manifests.render_manifests(spec, run_id=run_id, image=options.image)  # spec errors first
+    run = target.run(run_id, spec_namespace=spec.cluster.namespace)
     docs = manifests.render_manifests(spec, run_id=run_id, image=options.image,
-                                      namespace=namespace)
+                                      namespace=run.namespace)
     terminal = Terminal(out or sys.stdout, stdin=sys.stdin if stdin is None else stdin)
     for warning in manifests.render_warnings(spec):
         terminal.status(f"warning: {warning}")
-    run = replace(target, namespace=namespace).run(run_id)
     _check_prerequisites(run, spec, terminal)
     _create_all(run, docs)
     objects = ", ".join(f"{doc['kind']} {doc['metadata']['name']}" for doc in docs)
-    terminal.status(f"submitted run {run_id} to namespace {namespace!r} ({objects})")
+    terminal.status(f"submitted run {run_id} to namespace {run.namespace!r}\n"
+                    f"  objects: {objects}")
     terminal.status(f"  status: {run.hint('status')}\n  logs:   {run.hint('logs', '-f')}\n"
                     f"  cancel: {run.hint('cancel')}")
     if not options.wait:
@@ -229,7 +143,7 @@ def submit(spec: Spec, *, options: SubmitOptions | None = None, target: Target |
     if code != EXIT_OK or options.pull_to is None:
         return code
     return pull.pull(run_id, options.pull_to, kube=run.kube, out=out,
-                     options=pull.PullOptions(namespace=namespace, context=target.context))
+                     options=pull.PullOptions(namespace=run.namespace, context=target.context))
 
 
 def _check_prerequisites(run: RunRef, spec: Spec, terminal: Terminal) -> None:
@@ -239,7 +153,7 @@ def _check_prerequisites(run: RunRef, spec: Spec, terminal: Terminal) -> None:
     if exists is False:
         raise ClusterError(f"namespace {namespace!r} does not exist on {kube.host}; create it "
                            f"(kubectl apply -k k8s/, or kubectl create namespace {namespace}) "
-                           "or choose another with --namespace or cluster.namespace.")
+                           "or choose another with -n or cluster.namespace.")
     if exists is None:
         terminal.status(f"note: cannot check that namespace {namespace!r} exists (no "
                         "permission to read namespaces); continuing")
@@ -260,14 +174,21 @@ def _check_prerequisites(run: RunRef, spec: Spec, terminal: Terminal) -> None:
 
 
 def _create_all(run: RunRef, docs: Sequence[Mapping[str, Any]]) -> None:
-    """Create the objects in order; if one fails, delete those already made: all or none."""
+    """Create the Job suspended, then the ConfigMap and Service it owns, then resume it (the
+    order ``job.submit.ownership`` explains); if a step fails, delete those already made:
+    all or none."""
+    plan, resume = creation_plan(docs)
     created: list[Mapping[str, Any]] = []
     try:
-        for doc in docs:
-            run.kube.create(run.namespace, doc)
+        job = run.kube.create(run.namespace, plan[0])
+        created.append(plan[0])
+        for doc in plan[1:]:
+            run.kube.create(run.namespace, owned_by(doc, job))
             created.append(doc)
+        if resume:
+            run.kube.patch(run.namespace, "Job", job["metadata"]["name"], RESUME)
     except (ClusterError, KeyboardInterrupt) as error:
-        _, left = _delete(run, reversed(created), propagation="Background")
+        _, left = run.delete(reversed(created), propagation="Background")
         if left and isinstance(error, ClusterError):
             raise ClusterError(f"{error} Could not remove the objects already created "
                                f"({', '.join(left)}); run `trainjob cancel {run.run_id}`."
@@ -335,7 +256,7 @@ def _report_failure(run: RunRef, state: RunState, terminal: Terminal) -> None:
 def _interrupted(run: RunRef, terminal: Terminal) -> int:
     """Ctrl-C: cancel the run, or (the default, and without a terminal) detach from it."""
     if terminal.ask("cancel the run (c) or detach (d)? [d] ") in ("c", "cancel"):
-        _, left = _delete(run, run.objects(), propagation="Foreground")
+        _, left = run.delete(run.objects(), propagation="Foreground")
         if left:
             raise ClusterError(f"could not delete {', '.join(left)} of run {run.run_id}; try "
                                f"{run.hint('cancel')}.")
@@ -349,8 +270,13 @@ def _interrupted(run: RunRef, terminal: Terminal) -> int:
 
 
 # --- status, logs, cancel, list ---------------------------------------------------------------
-def status(run_id: str, *, target: Target | None = None, out: TextIO | None = None) -> int:
+def status(run_id: str, *, target: Target | None = None, output: str | None = None,
+           out: TextIO | None = None) -> int:
     """Print one summary of a run: state, workers, age, and where the model is.
+
+    Args:
+        output: None for the summary's lines; ``wide`` adds the image and a table of the
+            workers' pods; ``json`` or ``yaml`` print all of it as data (``state.OUTPUTS``).
 
     Raises:
         ClusterError: no run by that id in the namespace.
@@ -358,29 +284,11 @@ def status(run_id: str, *, target: Target | None = None, out: TextIO | None = No
     run = (target or Target()).run(run_id)
     job = run.job()
     pods, _ = run.kube.list(run.namespace, "Pod", selector=run.selector)
-    workers = (job.get("spec") or {}).get("completions") or 1
-    state, _ = reduce(RunState(workers=workers), Event("Job", "SYNC", (job,)))
-    state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
-    current = current_pods(state).values()
-    counts = {phase: sum(p.phase == phase for p in current)
-              for phase in ("Running", "Succeeded")}
-    failed = sum(p.phase == "Failed" for p in state.pods)
-    model = _model(run)
-    if state.job is None or state.job.outcome != "succeeded":
-        model += " (written when the run succeeds)"
-    lines = [
-        f"run:     {run_id} (namespace {run.namespace})",
-        f"state:   {describe(state)}",
-        f"workers: {counts['Running']} running, {counts['Succeeded']} succeeded, "
-        f"{failed} failed pods, of {workers}",
-        f"age:     {age(job, now=datetime.datetime.now(datetime.timezone.utc))}",
-        f"model:   {model}",
-    ]
-    culprit = failed_pod(state)
-    if culprit is not None:
-        lines.append(f"failed:  worker {culprit.index} (pod {culprit.name}): "
-                     f"{why_failed(culprit)}")
-    (out or sys.stdout).write("".join(f"{line}\n" for line in lines))
+    summary = run_summary(job, pods, model=_model(run),
+                          now=datetime.datetime.now(datetime.timezone.utc))
+    text = dump(summary, output) if output in ("json", "yaml") else "".join(
+        f"{line}\n" for line in summary_lines(summary, wide=output == "wide"))
+    (out or sys.stdout).write(text)
     return EXIT_OK
 
 
@@ -395,7 +303,7 @@ def _model(run: RunRef) -> str:
 
 
 def logs(run_id: str, *, follow: bool = False, worker: int = 0, target: Target | None = None,
-         out: TextIO | None = None) -> int:
+         options: LogOptions = LogOptions(), out: TextIO | None = None) -> int:
     """Print the log of one worker's current pod (the chief by default).
 
     Raises:
@@ -413,50 +321,72 @@ def logs(run_id: str, *, follow: bool = False, worker: int = 0, target: Target |
     pod = current_pods(state).get(worker)
     if pod is None:
         raise ClusterError(f"run {run_id} has no pod for worker {worker} (any more); see "
-                           f"`trainjob status {run_id}`.")
+                           f"{run.hint('status')}.")
+    lines = {"tail_lines": options.tail_lines, "since_seconds": options.since_seconds,
+             "timestamps": options.timestamps}
     if not follow:
-        out.write(run.kube.read_log(run.namespace, pod.name))
+        out.write(run.kube.read_log(run.namespace, pod.name, **lines))
         out.flush()
         return EXIT_OK
-    for line in run.kube.stream_log(run.namespace, pod.name):
+    for line in run.kube.stream_log(run.namespace, pod.name, **lines):
         out.write(line + "\n")
         out.flush()
     return EXIT_OK
 
 
 def cancel(run_id: str, *, target: Target | None = None, out: TextIO | None = None) -> int:
-    """Delete a run's Job (its pods go with it), Service and ConfigMap; keep its outputs.
+    """Delete a run's Job (its pods, and the Service and ConfigMap it owns, go with it), and
+    the Service and ConfigMap by name as well; keep its outputs.
 
     Raises:
         ClusterError: none of the run's objects exist, or a delete was refused.
     """
     run = (target or Target()).run(run_id)
-    deleted, refused = _delete(run, run.objects(), propagation="Foreground")
+    deleted, refused = run.delete(run.objects(), propagation="Foreground")
     if refused:
         raise ClusterError(str(next(iter(refused.values()))))
     if not deleted:
         raise run.missing()
-    (out or sys.stdout).write(f"cancelled run {run_id}: deleted {', '.join(deleted)}; its "
-                              "pods go with the Job, its run directory on the models volume "
-                              "is kept\n")
+    what = "its Job, pods, Service and ConfigMap" if deleted[0].startswith("Job ") \
+        else ", ".join(deleted)  # the Job owns the rest, unless it was created without owners
+    (out or sys.stdout).write(f"cancelled run {run_id}: deleted {what}\n"
+                              "its run directory stays on the models volume\n")
     return EXIT_OK
 
 
-def list_runs(*, target: Target | None = None, out: TextIO | None = None) -> int:
-    """Print a table of the runs in the namespace, newest first."""
+def list_runs(*, target: Target | None = None, all_namespaces: bool = False,
+              output: str | None = None, out: TextIO | None = None) -> int:
+    """Print the runs in the namespace (``all_namespaces``: in every namespace), newest first,
+    as a table (``output`` None or ``wide``) or as data (``json``, ``yaml``).
+
+    Raises:
+        ClusterError: the cluster refused the list; for every namespace, in one line saying
+            that it takes a ClusterRole.
+    """
     kube, namespace = (target or Target()).connect()
     out = out or sys.stdout
-    jobs, _ = kube.list(namespace, "Job", selector=manifests.LABEL_RUN_ID)
-    if not jobs:
-        out.write(f"no trainjob runs in namespace {namespace!r}\n")
-        return EXIT_OK
+    jobs = _list_jobs(kube, None if all_namespaces else namespace)
     now = datetime.datetime.now(datetime.timezone.utc)
-    rows = [("RUN", "STATE", "WORKERS", "RUNNING", "SUCCEEDED", "FAILED", "AGE")]
-    for job in sorted(jobs, key=creation_order, reverse=True):
-        status_ = job.get("status") or {}
-        rows.append((job["metadata"]["name"], job_state(job),
-                     str((job.get("spec") or {}).get("completions") or 1),
-                     str(status_.get("ready") or 0), str(status_.get("succeeded") or 0),
-                     str(status_.get("failed") or 0), age(job, now=now)))
-    out.write(format_table(rows))
+    rows = [run_row(job, now=now) for job in sorted(jobs, key=creation_order, reverse=True)]
+    if output in ("json", "yaml"):
+        out.write(dump({"runs": rows}, output))
+    elif not rows:
+        where = "any namespace" if all_namespaces else f"namespace {namespace!r}"
+        out.write(f"no trainjob runs in {where}\n")
+    else:
+        out.write(runs_table(rows, namespaces=all_namespaces, wide=output == "wide"))
     return EXIT_OK
+
+
+def _list_jobs(kube: Kube, namespace: str | None) -> list[dict[str, Any]]:
+    """The runs' Jobs in ``namespace``, or in every namespace (None)."""
+    try:
+        jobs, _ = kube.list(namespace, "Job", selector=manifests.LABEL_RUN_ID)
+    except Forbidden:
+        if namespace is not None:
+            raise
+        raise Forbidden("forbidden: listing the runs of every namespace (-A) needs list on "
+                        "jobs.batch at the cluster scope, a ClusterRole that k8s/rbac.yaml "
+                        "does not grant; ask your cluster admin for one, or list one namespace "
+                        "with -n.") from None
+    return jobs

@@ -4,7 +4,9 @@ Owns: ``Event`` -> ``reduce`` -> ``RunState`` -> ``describe``. Objects carry the
 state, so replaying an event, or a whole listing after a reconnect, gives the same state and
 prints nothing twice: that is what makes reconnects safe. Also the pure readings of raw
 objects that the commands print: why a pod failed, a Job's one-word state, where the model
-is, ages and tables.
+is, ages and tables; and what ``status`` and ``list`` print, as plain data first
+(``run_summary``, ``run_row``), then as lines and tables, wide tables, JSON or YAML
+(``-o``).
 Never touches: the network (``job.submit.kube``), threads, the terminal, TensorFlow.
 
 Example:
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from job.errors import EXIT_OK, PERMANENT_EXIT_CODES, describe_exit_code
 from job.submit import manifests
@@ -32,6 +37,8 @@ MESSAGE_MAX_CHARS = 240
 """Longest reason message kept from the API: scheduler messages can list every node."""
 CHIEF = "worker 0"
 """How status lines and log prefixes name the chief."""
+NONE = "<none>"
+"""A table cell with nothing in it, as kubectl writes it."""
 
 
 @dataclass(frozen=True)
@@ -325,3 +332,90 @@ def age(obj: Mapping[str, Any], *, now: datetime.datetime) -> str:
     created = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return format_age((now - created).total_seconds())
 
+
+
+# --- what status and list print -------------------------------------------------------------
+def run_summary(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, model: str,
+                now: datetime.datetime) -> dict[str, Any]:
+    """Everything ``status`` says about a run, as plain data (``-o json`` prints it as is)."""
+    meta = job.get("metadata") or {}
+    workers = (job.get("spec") or {}).get("completions") or 1
+    state, _ = reduce(RunState(workers=workers), Event("Job", "SYNC", (job,)))
+    state, _ = reduce(state, Event("Pod", "SYNC", tuple(pods)))
+    current = current_pods(state)
+    culprit = failed_pod(state)
+    return {
+        "run": meta.get("name"), "namespace": meta.get("namespace"),
+        "state": job_state(job), "status": describe(state), "workers": workers,
+        "running": sum(p.phase == "Running" for p in current.values()),
+        "succeeded": sum(p.phase == "Succeeded" for p in current.values()),
+        "failed_pods": sum(p.phase == "Failed" for p in state.pods),
+        "created": meta.get("creationTimestamp"), "age": age(job, now=now),
+        "image": _image(job), "model": model,
+        "model_written": state.job is not None and state.job.outcome == "succeeded",
+        "failed": None if culprit is None else {
+            "worker": culprit.index, "pod": culprit.name, "reason": why_failed(culprit)},
+        "pods": [{"worker": index, "pod": pod.name, "phase": pod.phase,
+                  "detail": (why_failed(pod) if pod.phase == "Failed" else pod.waiting) or ""}
+                 for index, pod in sorted(current.items())],
+    }
+
+
+def summary_lines(summary: Mapping[str, Any], *, wide: bool = False) -> list[str]:
+    """``status``'s lines for a ``run_summary``; ``wide`` adds the image and a pod table."""
+    model = summary["model"] + ("" if summary["model_written"]
+                                else " (written when the run succeeds)")
+    lines = [
+        f"run:     {summary['run']} (namespace {summary['namespace']})",
+        f"state:   {summary['status']}",
+        f"workers: {summary['running']} running, {summary['succeeded']} succeeded, "
+        f"{summary['failed_pods']} failed pods, of {summary['workers']}",
+        f"age:     {summary['age']}",
+        f"model:   {model}",
+    ]
+    failed = summary["failed"]
+    if failed is not None:
+        lines.append(f"failed:  worker {failed['worker']} (pod {failed['pod']}): "
+                     f"{failed['reason']}")
+    if wide:
+        lines.append(f"image:   {summary['image'] or NONE}")
+        rows = [("WORKER", "POD", "PHASE", "DETAIL")] + [
+            (str(p["worker"]), p["pod"], p["phase"], p["detail"]) for p in summary["pods"]]
+        lines += ["pods:"] + ["  " + row for row in format_table(rows).splitlines()]
+    return lines
+
+
+def run_row(job: Mapping[str, Any], *, now: datetime.datetime) -> dict[str, Any]:
+    """One run as ``list`` shows it, as plain data (``-o json`` prints a list of them)."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    labels = meta.get("labels") or {}
+    return {"run": meta.get("name"), "namespace": meta.get("namespace"),
+            "state": job_state(job), "workers": (job.get("spec") or {}).get("completions") or 1,
+            "running": status.get("ready") or 0, "succeeded": status.get("succeeded") or 0,
+            "failed": status.get("failed") or 0, "created": meta.get("creationTimestamp"),
+            "age": age(job, now=now), "spec": labels.get(manifests.LABEL_NAME),
+            "image": _image(job), "queue": labels.get(manifests.LABEL_QUEUE)}
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]], *, namespaces: bool = False,
+               wide: bool = False) -> str:
+    """``list``'s table: NAMESPACE first with ``namespaces`` (``-A``), and with ``wide`` the
+    spec's name, the image and the Kueue queue after the rest, as ``kubectl get -o wide``."""
+    columns = (["namespace"] if namespaces else []) + [
+        "run", "state", "workers", "running", "succeeded", "failed", "age"] + (
+        ["spec", "image", "queue"] if wide else [])
+    return format_table([[c.upper() for c in columns]] + [
+        [NONE if row[c] is None else str(row[c]) for c in columns] for row in rows])
+
+
+def dump(data: Any, output: str) -> str:
+    """``data`` as ``-o json`` (indented, one trailing newline) or ``-o yaml`` prints it."""
+    if output == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _image(job: Mapping[str, Any]) -> str | None:
+    template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = template.get("containers") or [{}]
+    return containers[0].get("image")
