@@ -17,6 +17,7 @@ Modules, one concern each:
 * ``step``: P3 and P6, training-step throughput against ``model.fit``, FLOPs, matmul peak.
 * ``end_to_end``: P4, M1 and P5, whole runs of ``trainjob train`` and ``trainjob local``.
 * ``plain_keras``: the reference script of P4 and M1.
+* ``demo``: D1, the demo's wall time on a fresh folder, as ``make demo`` runs it.
 * ``machine``: versions, CPUs, and how busy other work kept them.
 * ``report``: figures, targets, results.json and the table.
 * ``suite``: the command line and the order of a run.

@@ -16,6 +16,7 @@ import pytest
 from bench import suite
 from bench.measure import BenchmarkFailed, run_child
 from bench.report import Figure, Target, results, table
+from job import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -42,6 +43,11 @@ def test_quick_run_reports_every_figure_with_numbers_and_versions(tmp_path):
         assert f"| {row['id']} |" in completed.stdout
     for key in ("trainjob_val_accuracy", "reference_val_accuracy"):
         assert 0.0 <= figures["P4"]["details"][key] <= 1.0
+    demo_run = figures["D1"]["details"]
+    assert demo_run["native_epochs"][0] >= demo.MIN_EPOCHS
+    assert demo_run["native_estimate_seconds"][0] > 0
+    assert 0.0 <= demo_run["native_test_accuracy"][0] <= 1.0
+    assert f"* D1: in {demo_run['native_precision']}: " in completed.stdout
     env = document["environment"]
     for package in ("tensorflow", "keras", "pillow"):
         assert isinstance(env[package], str) and env[package][0].isdigit(), package
@@ -133,6 +139,7 @@ def test_the_float32_side_hides_bfloat16_from_trainjob_alone(tmp_path):
 def test_only_runs_whole_groups_and_rejects_unknown_figures():
     assert suite._groups("p6") == ["step"]
     assert suite._groups("P1, M1") == ["pipeline", "end_to_end"]
+    assert suite._groups("d1") == ["demo"]
     assert suite._groups(None) == list(suite.GROUPS)
     with pytest.raises(SystemExit, match="unknown figure P9"):
         suite._groups("P1,P9")
