@@ -7,6 +7,9 @@ chooses are checked against speeds given to the pure planner.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import yaml
 
 from job import data, demo, images, listing, sample_data
 from job import spec as spec_module
+from tests.conftest import ROOT, tiny_spec, write_spec
 
 SLOW_MACHINE = demo.Speed(images_per_second=20.0, start_seconds=5.0, precision="float32")
 """Far too slow for even the fewest epochs in the target time."""
@@ -267,3 +271,28 @@ def test_the_demo_trains_an_edited_spec_for_real_and_says_how_long_it_took(tmp_p
     assert "test: loss" in out
     assert out.strip().splitlines()[-1].startswith("demo: done in ")
     assert spec_path.read_text() == yaml.safe_dump(recipe, sort_keys=False)
+
+
+@pytest.mark.slow
+def test_training_after_the_calibration_gets_the_same_weights_as_without_it(tmp_path,
+                                                                             shapes_data):
+    """The calibration leaves nothing behind: what the demo trains is what `train` trains."""
+    spec_path = write_spec(tmp_path, tiny_spec(shapes_data, tmp_path / "runs"))
+    calibrate_then_train = (
+        "import os, sys\n"
+        "from job import demo, spec\n"
+        "from job.train import run_worker\n"
+        "loaded = spec.load(sys.argv[1])\n"
+        "demo.measure_speed(loaded, num_classes=4, seconds=0.1)\n"
+        "run_worker(loaded, run_id='after-calibration', env=dict(os.environ))\n")
+
+    for argv in ([sys.executable, "-c", calibrate_then_train, str(spec_path)],
+                 [sys.executable, "-m", "job", "train", str(spec_path), "--run-id", "alone"]):
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    def weights(run_id: str) -> str:
+        metrics = json.loads((tmp_path / "runs" / run_id / "metrics.json").read_text())
+        return metrics["weights_sha256"]
+
+    assert weights("after-calibration") == weights("alone")
