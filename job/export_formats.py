@@ -22,6 +22,7 @@ them (``job.export``), running them (``job.runtimes``).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def _inference(model) -> Callable:
 
 
 def _keras(model, path: Path) -> None:
-    model.save(str(path))
+    with warnings.catch_warnings():
+        # Keras's writer trips numpy 2's copy-keyword deprecation once per weight: noise.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        model.save(str(path))
 
 
 def _saved_model(model, path: Path) -> None:

@@ -150,7 +150,7 @@ def test_every_format_is_written_checked_and_recorded_in_metrics(every_format):
         digest = sha256_tree(path) if path.is_dir() else hashlib.sha256(
             path.read_bytes()).hexdigest()
         assert figures["sha256"] == digest, name
-        assert f"export {name}: {fmt.file} (" in every_format.out
+        assert f"export {name}: {fmt.file} " in every_format.out
     assert exports["h5"]["sha256"] == every_format.metrics()["model_sha256"]
     assert not [p.name for p in every_format.run_dir.iterdir() if p.name.startswith(".")]
 
