@@ -425,12 +425,12 @@ def _write_evaluation(folder: Path, document: dict, evaluation: metrics.Evaluati
                       data_name: str) -> None:
     from job import report  # matplotlib: only once there is something to draw
 
-    try:
-        with replacing(folder / "evaluation.json") as tmp:
-            tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    try:  # The picture first: evaluation.json, written last, means the folder is complete.
         report.plot_confusion_matrix(evaluation.matrix, evaluation.class_names,
                                      folder / "confusion_matrix.png",
                                      title=f"{data_name}: accuracy {evaluation.accuracy:.3f}")
+        with replacing(folder / "evaluation.json") as tmp:
+            tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     except OSError as error:
         raise StorageError(f"{error.filename or folder}: cannot write the evaluation: "
                            f"{error.strerror or error}; give --out a writable folder.") from None

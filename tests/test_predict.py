@@ -335,6 +335,13 @@ def test_evaluate_into_a_folder_it_cannot_create_says_so_in_one_line(run_dir, sh
     one_error_line(code, err, says="cannot write the evaluation")
 
 
+def test_evaluation_json_appears_only_with_its_picture(run_dir, shapes_data, tmp_path):
+    (tmp_path / "eval" / "confusion_matrix.png").mkdir(parents=True)  # the picture cannot land
+    code, _, err = trainjob("evaluate", run_dir, shapes_data / "test", "--out", tmp_path / "eval")
+    one_error_line(code, err, says="cannot write the evaluation")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["confusion_matrix.png"]
+
+
 def test_confusion_matrix_picture_is_written_whole_for_many_classes(tmp_path):
     rng = np.random.default_rng(1)
     for count in (2, 60):
