@@ -25,7 +25,8 @@ NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "      # absl: I0000 00:00:...
     rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] [\w./-]+:\d+\] "  # TF: 2026-11-30 ...: I
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|To enable the following instructions: .* rebuild TensorFlow )")
+    rb"|To enable the following instructions: .* rebuild TensorFlow "
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)")   # LiteRT's interpreter
 """The start of a TensorFlow C++ log line (and the tail of its CPU-feature notice)."""
 
 

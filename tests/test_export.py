@@ -318,3 +318,14 @@ def test_every_backbone_exports_in_every_format_and_passes_its_check(built, tmp_
 
     assert exports[name]["passed"], lines
     assert (tmp_path / "matrix" / runtimes.FORMATS[name].file).exists()
+
+
+def test_the_litert_interpreter_s_delegate_notice_is_filtered_like_tensorflow_s_chatter():
+    code = ("import os, sys\nfrom job import tf_logs\nrestore = tf_logs.hide()\n"
+            "os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+            "os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU. ours\\n')\n"
+            "restore()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    assert done.stderr == "INFO: Created TensorFlow Lite XNNPACK delegate for CPU. ours\n"
