@@ -3,7 +3,7 @@
 Owns: the commands and their flags (those of the runs on a cluster: ``job.cli_runs``),
 mapping the exception family to exit codes and a single clear line on stderr. TensorFlow
 is imported lazily, only by the
-commands that train, so ``render``/``submit``/``status`` start fast.
+commands that train or load a model, so ``render``/``submit``/``status`` start fast.
 Never touches: business logic; every command is a call into a module.
 """
 
@@ -25,6 +25,9 @@ from job.errors import EXIT_INTERRUPTED, EXIT_OK, TrainjobError, exit_codes_summ
 if TYPE_CHECKING:
     from job.spec import Spec
 
+TENSORFLOW_COMMANDS = frozenset({"train", "demo", "predict", "evaluate", "weights"})
+"""Commands that import TensorFlow; the others start fast and print nothing of it."""
+
 
 def run() -> None:
     """The console script and ``python -m job``: run ``main`` and exit with its code.
@@ -34,14 +37,20 @@ def run() -> None:
     teardown only costs time (about a second) or, after a lost peer, can hang.
     A Ctrl-C that lands after ``main`` has handled one (a second press, or one
     during the exit) changes nothing any more: it is ignored, never a traceback.
+    Commands that load TensorFlow run with its C++ start-up chatter filtered out of
+    stderr (``job.tf_logs``; ``TRAINJOB_TF_LOGS=1`` shows it).
     """
+    from job import tf_logs
+
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    restore = tf_logs.hide() if command in TENSORFLOW_COMMANDS else (lambda: None)
     try:
         code = main()
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout.flush()
-    sys.stderr.flush()
+    restore()
     if "tensorflow" in sys.modules or code == EXIT_INTERRUPTED:
         # Interrupted: decoder threads may still be busy; nothing is left to wait for.
         os._exit(code)
@@ -113,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser("train", help="train one worker (of one, or of a cluster)")
-    p.add_argument("spec", type=Path, help="the YAML spec")
+    _spec_arguments(p)
     p.add_argument("--run-id", default=None,
                    help="run directory name under output.dir; a restart with the same id "
                         f"resumes (default: ${RUN_ID_ENV}, else the spec's name)")
@@ -122,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("validate", help="check the spec and scan the dataset without training")
-    p.add_argument("spec", type=Path, help="the YAML spec file")
+    _spec_arguments(p)
     p.set_defaults(handler=_validate)
 
     p = sub.add_parser("demo", help="generate the sample data and train on it")
@@ -132,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("local", help="run N workers on this machine, restarting the group "
                                      "on retryable failures")
-    p.add_argument("spec", type=Path, help="the YAML spec file")
+    _spec_arguments(p)
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: the spec's cluster.workers)")
     p.add_argument("--max-restarts", type=int, default=3,
@@ -193,14 +202,14 @@ def _positive(text: str) -> int:
 
 def _submitter_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="print the Kubernetes manifests for a spec")
-    p.add_argument("spec", type=Path, help="the YAML spec file")
+    _spec_arguments(p)
     p.add_argument("--image", default=None, help="overrides cluster.image")
     p.add_argument("--run-id", default=None, help="default: <name>-<random suffix>")
     cli_runs.cluster_flags(p, spec=True)
     p.set_defaults(handler=_render)
 
     p = sub.add_parser("submit", help="create the run on the cluster and watch it")
-    p.add_argument("spec", type=Path, help="the YAML spec file")
+    _spec_arguments(p)
     p.add_argument("--image", default=None, help="overrides cluster.image")
     cli_runs.cluster_flags(p, spec=True)
     p.add_argument("--run-id", default=None, help="default: <name>-<random suffix>")
@@ -213,6 +222,13 @@ def _submitter_commands(sub: argparse._SubParsersAction) -> None:
                         f"(default DEST: {cli_runs.PULL_DEST})")
     p.set_defaults(handler=_submit)
     cli_runs.add_commands(sub)
+
+
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="the YAML spec file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, the value read as YAML (repeatable): "
+                        "--set train.epochs=2 --set data.image_size=[48,48]")
 
 
 def _run_id(args: argparse.Namespace, *, default: str | None) -> str | None:
@@ -237,7 +253,7 @@ def _run_id(args: argparse.Namespace, *, default: str | None) -> str | None:
 def _train(args: argparse.Namespace) -> int:
     from job import spec as spec_module
 
-    spec = spec_module.load(args.spec)
+    spec = spec_module.load(args.spec, overrides=args.set)
     run_id = _run_id(args, default=spec.name)
     from job.train import run_worker  # imports TensorFlow, once the input is known good
 
@@ -247,7 +263,7 @@ def _train(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from job import spec as spec_module
 
-    spec = spec_module.load(args.spec)
+    spec = spec_module.load(args.spec, overrides=args.set)
     from job import data
 
     report = data.scan(spec.data, seed=spec.train.seed)
@@ -277,17 +293,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _local(args: argparse.Namespace) -> int:
     from job import spec as spec_module
 
-    spec = spec_module.load(args.spec)
+    spec = spec_module.load(args.spec, overrides=args.set)
     run_id = _run_id(args, default=spec.name)
     from job import launcher
 
     workers = args.workers if args.workers is not None else spec.cluster.workers
+    if workers >= 1:  # Before any process starts, not in each worker after its import.
+        spec_module.check_worker_count(spec, workers, unit="--workers")
     if args.restart:
         from job import rerun
 
         rerun.discard(spec, run_id)  # Once, before any worker starts: never on a group restart.
     return launcher.run_local(args.spec, workers=workers, max_restarts=args.max_restarts,
-                              run_id=run_id)
+                              run_id=run_id,
+                              options=launcher.LaunchOptions(overrides=tuple(args.set)))
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -295,7 +314,7 @@ def _render(args: argparse.Namespace) -> int:
     from job.submit import manifests
     from job.submit.namespace import resolve_namespace
 
-    spec = spec_module.load(args.spec)
+    spec = spec_module.load(args.spec, overrides=args.set)
     _check_image(args, spec)
     run_id = _run_id(args, default=None) or manifests.new_run_id(spec.name)
     namespace = resolve_namespace(flag=args.namespace, spec=spec.cluster.namespace,
@@ -335,7 +354,7 @@ def _submit(args: argparse.Namespace) -> int:
     from job import spec as spec_module
     from job.submit import runs
 
-    spec = spec_module.load(args.spec)
+    spec = spec_module.load(args.spec, overrides=args.set)
     _check_image(args, spec)
     options = runs.SubmitOptions(image=args.image, run_id=_run_id(args, default=None),
                                  wait=not args.no_wait, follow=args.follow, pull_to=args.pull)

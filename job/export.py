@@ -47,6 +47,11 @@ def float32_copy(model, build: Callable[[], Any]):
     with tf.device("/CPU:0"):
         copy = build()
         copy.set_weights(model.get_weights())
+        for layer in copy._flatten_layers():
+            # Layers that derive state from their weights (Normalization's mean and
+            # variance) compute it in finalize_state; set_weights alone leaves it stale.
+            if isinstance(layer, keras.layers.Normalization) and layer.built:
+                layer.finalize_state()
     return copy
 
 

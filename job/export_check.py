@@ -125,15 +125,17 @@ def compare(reference: np.ndarray, predicted: np.ndarray, *,
 
 
 def describe(name: str, figures: dict[str, Any]) -> str:
-    """One line about one format: its file and size, and how it did in its runtime."""
+    """One line about one format, under 80 columns: its file and size, and how it did in
+    its runtime ('export onnx: model.onnx 1.2 MB, top-1 60/60, max diff 3.1e-07 (limit
+    1e-03)'; the runtime of each format is in the README)."""
     size = f"{figures['bytes'] / 1e6:.1f} MB" if "bytes" in figures else "not written"
     if figures["max_abs_diff"] is None:
         checked = figures["error"]
     else:
-        checked = (f"in {figures['runtime']} on {figures['images']} images: top-1 "
-                   f"{100 * figures['top1_agreement']:.1f}% the same, max abs diff "
+        agreeing = round(figures["top1_agreement"] * figures["images"])
+        checked = (f"top-1 {agreeing}/{figures['images']}, max diff "
                    f"{figures['max_abs_diff']:.1e} (limit {figures['max_abs_diff_limit']:.0e})")
-    return (f"export {name}: {figures['path']} ({size}); {checked}"
+    return (f"export {name}: {figures['path']} {size}, {checked}"
             + ("" if figures["passed"] else "; MISSED"))
 
 

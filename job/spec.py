@@ -118,6 +118,18 @@ IMAGENET = "imagenet"
 
 
 @dataclass(frozen=True)
+class EarlyStoppingSpec:
+    """Stop training when a validation figure stops improving, as Keras's EarlyStopping."""
+
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    """val_loss, as Keras: it keeps showing progress after accuracy has levelled off."""
+    patience: int = field(default=3, metadata={"low": 1, "high": 100_000})
+    """Epochs in a row without improvement before stopping: 3 rides out a noisy epoch."""
+    min_delta: float = field(default=0.0, metadata={"low": 0.0, "high": 1e9})
+    """The least change that counts as an improvement; 0: any."""
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     epochs: int = field(default=10, metadata={"low": 1, "high": 100_000})
     """Passes over the training set."""
@@ -141,6 +153,9 @@ class TrainSpec:
     steps_per_call: int = field(default=8, metadata={"low": 1, "high": 1000})
     """Steps run inside one tf.function call: fewer Python round trips per step. SIGTERM
     and progress lines are handled between calls, so keep it small."""
+    early_stopping: EarlyStoppingSpec | None = None
+    """None: train every epoch. Off by default: a fixed number of epochs is what a user
+    asked for, and stopping early is a choice to make knowingly."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,10 @@ class OutputSpec:
     """Steps between checkpoints: the most work a crash can lose."""
     keep_checkpoints: int = field(default=3, metadata={"low": 1, "high": 1000})
     """Checkpoints kept on disk; older ones are deleted."""
+    export_model: Literal["best", "last"] = "best"
+    """best: the epoch with the highest val_accuracy (ties: the lower val_loss), the model a
+    user would pick by hand; its figures are the best of several, so the test split is the
+    unbiased one. last: the final epoch's weights."""
     formats: tuple[Literal["h5", "keras", "saved_model", "litert", "onnx"], ...] = field(
         default=("h5", "keras"), metadata={"includes": ("h5",), "why": "predict, pull and "
                                            "reruns read model.h5"})
@@ -302,7 +321,8 @@ def from_dict(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
         name=name,
         data=_data(reader, reader.section(root, "data", required=True)),
         model=_model(reader, reader.section(root, "model")),
-        train=reader.build(TrainSpec, reader.section(root, "train"), "train"),
+        train=reader.build(TrainSpec, reader.section(root, "train"), "train",
+                           readers={"early_stopping": _early_stopping}),
         output=reader.build(OutputSpec, reader.section(root, "output"), "output"),
         cluster=_cluster(reader, reader.section(root, "cluster")),
         base_dir=Path(base_dir),
@@ -392,6 +412,13 @@ def _quantity(r: Reader, d: dict, name: str) -> str:
         r.fail(f"cluster.{name}", raw, "a Kubernetes quantity", "e.g. cpu: \"4\", "
                "memory: 16Gi")
     return text
+
+
+def _early_stopping(r: Reader, d: dict, key: str) -> EarlyStoppingSpec | None:
+    value = d.get("early_stopping")
+    if value is None:
+        return None
+    return r.build(EarlyStoppingSpec, r.allowed(value, key, EarlyStoppingSpec), key)
 
 
 def _volume(r: Reader, d: dict, key: str) -> VolumeSpec | None:

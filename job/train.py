@@ -40,10 +40,11 @@ if TYPE_CHECKING:
 
     from job.cluster import Cluster
     from job.data import Decoded, Splits
-    from job.distributed import EvalResult, StepStats
+    from job.distributed import EvalResult, Plan, StepStats
     from job.precision import Choice
     from job.reporter import Reporter
     from job.run_dir import RunDir
+    from job.selection import Selection
 
 
 class Diverged(RunFailed):
@@ -124,36 +125,11 @@ class _Context:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """How the global batch and the steps divide over this run's replicas."""
-
-    num_replicas: int
-    local_replicas: int
-    """Replicas in this worker (GPUs); each gets its own per-replica batches."""
-    replica_batch: int
-    steps_per_epoch: int
-    total_steps: int
-
-    @classmethod
-    def make(cls, spec: Spec, *, strategy, cluster: Cluster, num_train: int) -> _Plan:
-        from job import data
-
-        num_replicas = strategy.num_replicas_in_sync
-        spec_module.check_worker_count(spec, num_replicas, unit="replicas")
-        steps_per_epoch = data.steps_per_epoch(num_train, spec.train.global_batch_size)
-        return cls(num_replicas=num_replicas,
-                   local_replicas=max(1, num_replicas // cluster.num_workers),
-                   replica_batch=spec.train.global_batch_size // num_replicas,
-                   steps_per_epoch=steps_per_epoch,
-                   total_steps=steps_per_epoch * spec.train.epochs)
-
-
-@dataclass(frozen=True)
 class _Started:
     """What the start-up gives the rest of the run."""
 
     strategy: tf.distribute.Strategy
-    plan: _Plan
+    plan: Plan
     precision: Choice
     decoded: dict[str, Decoded]
     """This worker's decoded pixels, by split name."""
@@ -173,6 +149,8 @@ class _Loop:
     """The checkpointed step counter (``_save`` keeps it in step with the checkpoint's)."""
     manager: tf.train.CheckpointManager
     reporter: Reporter
+    selection: Selection
+    """The best epoch so far and early stopping, checkpointed with the rest."""
     iterator: Any = field(default=None)
     """The distributed training batches, from the restored step on."""
 
@@ -183,6 +161,7 @@ class _Trained:
     final: dict[str, Any]
     """The last epoch's train/val loss and accuracy, as metrics.json reports them."""
     images_per_second: float | None
+    epochs_trained: int
 
 
 def _train(ctx: _Context) -> Result:
@@ -203,7 +182,7 @@ def _train(ctx: _Context) -> Result:
             raise
         raise RetryableError(f"lost contact with a peer worker ({type(error).__name__}); "
                              "restart the group to resume from the last checkpoint") from None
-    metrics = {**trained.final, **_test(started, loop),
+    metrics = {**_exported_figures(loop, trained), **_test(started, loop),
                **_run_facts(ctx, started, trained=trained, start_step=start_step)}
     if started.precision.is_mixed:
         model = export.float32_copy(model, build=lambda: _build_model(ctx, weights=None))
@@ -237,12 +216,13 @@ def _start(ctx: _Context) -> _Started:
         # MultiWorkerMirroredStrategy's runtime takes SIGTERM over at start-up (its own
         # preemption notifier); take it back so SIGTERM reaches the flag the loop shares.
         ctx.preemption.reinstall()
-        plan = _Plan.make(spec, strategy=strategy, cluster=cluster,
+        plan = distributed.Plan.make(spec, strategy=strategy, cluster=cluster,
                           num_train=len(ctx.splits.train))
         precision = distributed.set_precision(strategy, spec, cluster=cluster)
-        ctx.log.tagged(f"run {ctx.run.shared.name}: {ctx.splits.describe()}; "
-                       f"{plan.num_replicas} replica(s), batch {spec.train.global_batch_size} "
-                       f"({plan.replica_batch} per replica); {precision.describe()}")
+        ctx.log.tagged(f"run {ctx.run.shared.name}: {ctx.splits.describe()}")
+        ctx.log.tagged(f"{plan.num_replicas} replica(s), batch {spec.train.global_batch_size} "
+                       f"({plan.replica_batch} per replica)")
+        ctx.log.tagged(precision.describe())
         _, decoded = decoding.result()
     except BaseException:
         with images.aborting():
@@ -301,6 +281,7 @@ def _build(ctx: _Context, started: _Started) -> tuple[Any, _Loop]:
     from job import distributed
     from job.reporter import Reporter
     from job.run_dir import CHECKPOINT_NAME
+    from job.selection import Selection
 
     spec, strategy, plan = ctx.spec, started.strategy, started.plan
     # The step the checkpoint was taken at, saved with it. Not optimizer.iterations:
@@ -317,8 +298,9 @@ def _build(ctx: _Context, started: _Started) -> tuple[Any, _Loop]:
         # the model alone misses: without them a resumed run draws other random masks.
         weights = {id(v) for v in model.weights}
         random_states = [v for v in model.variables if id(v) not in weights]
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                         random_states=random_states, step=step)
+    selection = Selection(spec, model)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
+                                     random_states=random_states, **selection.trackables())
     return model, _Loop(
         train_steps=distributed.make_train_steps(strategy, model, optimizer, loss_fn,
                                                  global_batch=spec.train.global_batch_size),
@@ -331,6 +313,7 @@ def _build(ctx: _Context, started: _Started) -> tuple[Any, _Loop]:
         reporter=Reporter(run=ctx.run, total_steps=plan.total_steps,
                           steps_per_epoch=plan.steps_per_epoch,
                           every=spec.train.log_every_steps, out=ctx.log.out),
+        selection=selection,
     )
 
 
@@ -377,31 +360,32 @@ def _evaluator(ctx: _Context, started: _Started, evaluate_batches):
     return evaluate
 
 
-def _train_epochs(ctx: _Context, plan: _Plan, *, loop: _Loop, start_step: int) -> _Trained:
-    """Train from ``start_step`` to the last epoch, validating and checkpointing each."""
+def _train_epochs(ctx: _Context, plan: Plan, *, loop: _Loop, start_step: int) -> _Trained:
+    """Train from ``start_step`` to the last epoch (or an early stop), validating each."""
     last_train = loop.reporter.resume(start_step)
     step, seconds, images, final = start_step, 0.0, 0, None
     for epoch in range(start_step // plan.steps_per_epoch, ctx.spec.train.epochs):
+        if loop.selection.should_stop:
+            break  # Restarted after an early stop: it stays stopped.
         first_step, began = step, time.perf_counter()
         step, stats = _train_epoch(ctx, plan, loop=loop, epoch=epoch, step=step)
         epoch_seconds = time.perf_counter() - began
         seconds += epoch_seconds
         images += (step - first_step) * ctx.spec.train.global_batch_size
-        row = _end_epoch(ctx, loop, epoch=epoch, step=step, stats=stats,
-                         images_per_second=(step - first_step) * ctx.spec.train.global_batch_size
-                         / max(epoch_seconds, 1e-9))
-        row["seconds"] = epoch_seconds
-        loop.reporter.on_epoch_end(row, epochs=ctx.spec.train.epochs)
+        row = _end_epoch(ctx, loop, epoch=epoch, step=step, row={
+            "train_loss": stats.loss, "train_accuracy": stats.accuracy, "seconds": epoch_seconds,
+            "images_per_second": (step - first_step) * ctx.spec.train.global_batch_size
+            / max(epoch_seconds, 1e-9)})
         final = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
-    if final is None:
-        # Restarted after the last step (the export had not finished): nothing to train,
-        # but the outputs are re-derived, the train figures from the history's last row.
-        final = {**last_train, **loop.evaluate("val", confusion=True).figures("val")}
-    return _Trained(step=step, final=final,
-                    images_per_second=images / seconds if seconds else None)
+        if loop.selection.should_stop:
+            loop.reporter.line(loop.selection.describe_stop(epoch + 1))
+            break
+    return _Trained(step=step, final=final or dict(last_train),
+                    images_per_second=images / seconds if seconds else None,
+                    epochs_trained=step // plan.steps_per_epoch)
 
 
-def _train_epoch(ctx: _Context, plan: _Plan, *, loop: _Loop, epoch: int,
+def _train_epoch(ctx: _Context, plan: Plan, *, loop: _Loop, epoch: int,
                  step: int) -> tuple[int, StepStats]:
     """The rest of ``epoch`` from ``step``: calls of several steps, checkpoints between."""
     from job import distributed
@@ -425,25 +409,42 @@ def _train_epoch(ctx: _Context, plan: _Plan, *, loop: _Loop, epoch: int,
                                f"{step}; exiting to be restarted")
             raise Preempted(f"preempted (SIGTERM): checkpoint saved at step {step}; "
                             "restart the group to resume")
-        if step % every == 0:
-            distributed.save(loop.manager, loop.step, step)
-    return step, stats
+        if step % every == 0 and step < (epoch + 1) * plan.steps_per_epoch:
+            distributed.save(loop.manager, loop.step, step)  # The epoch's end saves after
+    return step, stats                                       # validation (_end_epoch).
 
 
-def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int, stats: StepStats,
-               images_per_second: float) -> dict[str, Any]:
-    """Sync statistics, validate, checkpoint: the epoch's history row."""
+def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int,
+               row: dict[str, Any]) -> dict[str, Any]:
+    """Sync statistics, validate, select, record the history, checkpoint: the epoch's row.
+
+    The history is written before the checkpoint, and the selection (best epoch, early
+    stopping) goes into it: a restart from this checkpoint finds all three agreeing, and
+    one from an earlier checkpoint drops the rows after it.
+    """
     from job import distributed
 
     loop.sync_statistics()
-    # The confusion matrix at the last epoch's validation only: it is the one reported.
-    val = loop.evaluate("val", confusion=epoch + 1 == ctx.spec.train.epochs)
+    val = loop.evaluate("val")
     _check_finite(val.loss, step=step, epoch=epoch, ctx=ctx, loop=loop, what="val_loss")
-    if step % ctx.spec.output.checkpoint_every_steps:
-        distributed.save(loop.manager, loop.step, step)  # Every epoch end is a checkpoint too.
-    return {"epoch": epoch + 1, "step": step, "train_loss": stats.loss,
-            "train_accuracy": stats.accuracy, **val.figures("val"),
-            "images_per_second": images_per_second}
+    loop.selection.on_epoch_end(epoch + 1, loss=val.loss, accuracy=val.accuracy)
+    row = {"epoch": epoch + 1, "step": step, **row, **val.figures("val")}
+    loop.reporter.on_epoch_end(row, epochs=ctx.spec.train.epochs)
+    distributed.save(loop.manager, loop.step, step)  # Every epoch end is a checkpoint too.
+    return row
+
+
+def _exported_figures(loop: _Loop, trained: _Trained) -> dict[str, Any]:
+    """The figures of the weights to export (the best epoch's, or the last's), validated
+    once more with the confusion matrix; and which epoch they are."""
+    best = loop.selection.use_best()
+    epoch = best or trained.epochs_trained
+    row = next((r for r in loop.reporter.history if int(r["epoch"]) == epoch), None)
+    train = ({k: float(row[k]) for k in ("train_loss", "train_accuracy") if row.get(k) != ""}
+             if best and row else {k: v for k, v in trained.final.items()
+                                   if k.startswith("train_")})
+    return {**train, **loop.evaluate("val", confusion=True).figures("val"),
+            **loop.selection.facts(exported_epoch=epoch, epochs_trained=trained.epochs_trained)}
 
 
 def _check_finite(value: float, *, step: int, epoch: int, ctx: _Context, loop: _Loop,

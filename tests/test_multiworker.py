@@ -259,3 +259,23 @@ def test_peers_of_a_dead_worker_exit_retryable_on_their_own(shapes_data, tmp_pat
                 process.wait()
     assert code == 75, chief_log.read_text()
     assert "lost contact with a peer worker" in chief_log.read_text()
+
+
+def test_two_workers_stop_early_after_the_same_epoch_with_the_same_weights(shapes_data,
+                                                                          tmp_path, env):
+    """The stop decision comes from all-reduced validation figures: every worker makes it
+    at the same step, so none is left waiting on a collective."""
+    out = tmp_path / "models"
+    spec_path = write_spec(tmp_path, tiny_spec(shapes_data, out, train={
+        "epochs": 5, "early_stopping": {"monitor": "val_loss", "patience": 1,
+                                        "min_delta": 1.0}}))
+    launcher = Launcher(spec_path, workers=2, max_restarts=0, run_id="early", env=env)
+    assert launcher.wait() == 0, launcher.log()
+
+    run = out / "early"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped_early"] is True and metrics["epochs_trained"] == 2
+    assert metrics["steps"] == 2 * (180 // 16)
+    chief_hash = (run / "weights.sha256").read_text().strip()
+    worker_hash = (tmp_path / "scratch" / "worker-1" / "weights.sha256").read_text().strip()
+    assert chief_hash == worker_hash == metrics["weights_sha256"]

@@ -230,7 +230,7 @@ def test_every_numeric_key_has_its_range_in_the_field_metadata():
 def test_the_keys_with_choices_are_literal_types():
     assert set(CHOICE_KEYS) == {"data.color_mode", "data.on_bad_image", "data.cache",
                                 "model.backbone", "model.augment.flip", "train.optimizer",
-                                "output.export_check"}
+                                "output.export_model", "output.export_check"}
     assert CHOICE_KEYS["model.backbone"] == spec.BACKBONES
 
 
