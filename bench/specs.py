@@ -26,13 +26,15 @@ QUIET_STEPS = 1_000_000
 
 
 def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Path,
-                  name: str, mixed_precision: bool | None = None) -> dict[str, Any]:
+                  name: str, mixed_precision: bool | None = None,
+                  image_size: int | None = None) -> dict[str, Any]:
     """A trainjob spec dict for ``epochs`` on the shapes in ``train_dir`` (pure).
 
     ``mixed_precision`` None leaves the key out, so trainjob's own default applies;
-    a figure that wants the float32 loop on purpose passes False.
+    a figure that wants the float32 loop on purpose passes False. ``image_size``
+    None trains at ``sizes.train_image_size``.
     """
-    side = sizes.train_image_size
+    side = image_size or sizes.train_image_size
     return {
         "name": name,
         "data": {"train_dir": str(train_dir), "val_split": VAL_SPLIT,

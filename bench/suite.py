@@ -7,7 +7,7 @@ writing results.json and printing the table. Progress goes to stderr, the
 table to stdout. Missing a target is a result, not an error: the exit code is 0
 unless a measurement itself failed (1).
 Never touches: how any figure is measured (``pipeline``, ``step``, ``end_to_end``,
-``predict``, ``demo``).
+``predict``, ``scale``, ``demo``).
 
 Example:
     >>> main(["--quick", "--out", "/tmp/results.json"])   # doctest: +SKIP
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import datasets, end_to_end, machine, pipeline, step
+from bench import datasets, end_to_end, machine, pipeline, scale, step
 from bench import demo as demo_figure
 from bench import predict as predict_figure
 from bench.measure import BenchmarkFailed
@@ -34,10 +34,10 @@ from bench.sizes import FULL, QUICK, Sizes
 from job.errors import TrainjobError
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "M1", "D1")
+ORDER = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "M1", "M2", "D1")
 """Rows of the table, in the issue's order."""
 GROUPS = {"pipeline": ("P1", "P2"), "step": ("P3", "P6"), "end_to_end": ("P4", "M1", "P5"),
-          "predict": ("P7",), "demo": ("D1",)}
+          "predict": ("P7",), "scale": ("M2",), "demo": ("D1",)}
 """Figures measured together: asking for one runs its whole group."""
 
 
@@ -82,6 +82,8 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
             figures += step.measure(shapes, sizes, work_dir=work_dir, log=log)
         if "end_to_end" in groups:
             figures += end_to_end.measure(shapes, sizes, work_dir=work_dir, log=log)
+    if "scale" in groups:
+        figures += scale.measure(sizes, work_dir=work_dir, log=log)
     if "demo" in groups:
         figures += demo_figure.measure(sizes, work_dir=work_dir, log=log)
     figures.sort(key=lambda figure: ORDER.index(figure.id))

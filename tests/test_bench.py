@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import suite
+from bench import scale, suite
 from bench.measure import BenchmarkFailed, run_child
 from bench.report import Figure, Target, results, table
-from job import demo
+from bench.sizes import FULL, QUICK
+from bench.specs import VAL_SPLIT
+from job import demo, sample_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -43,6 +45,9 @@ def test_quick_run_reports_every_figure_with_numbers_and_versions(tmp_path):
         assert f"| {row['id']} |" in completed.stdout
     for key in ("trainjob_val_accuracy", "reference_val_accuracy"):
         assert 0.0 <= figures["P4"]["details"][key] <= 1.0
+    scale_run = figures["M2"]["details"]
+    assert scale_run["decoded_mib"]["large"] >= 8 * scale_run["cache_memory_mb"]
+    assert scale_run["decoded_mib"]["fits"] <= scale_run["cache_memory_mb"]
     demo_run = figures["D1"]["details"]
     assert demo_run["native_epochs"][0] >= demo.MIN_EPOCHS
     assert demo_run["native_estimate_seconds"][0] > 0
@@ -140,9 +145,29 @@ def test_only_runs_whole_groups_and_rejects_unknown_figures():
     assert suite._groups("p6") == ["step"]
     assert suite._groups("P1, M1") == ["pipeline", "end_to_end"]
     assert suite._groups("d1") == ["demo"]
+    assert suite._groups("m2") == ["scale"]
     assert suite._groups(None) == list(suite.GROUPS)
     with pytest.raises(SystemExit, match="unknown figure P9"):
         suite._groups("P1,P9")
+
+
+@pytest.mark.parametrize("sizes", [FULL, QUICK], ids=["full", "quick"])
+def test_m2_datasets_sit_on_either_side_of_the_memory_cache(sizes):
+    """The large run's two shards both overflow data.cache_memory_mb; the other fits whole."""
+    limit = sizes.scale_cache_mb * MIB
+    image = sizes.scale_image_size ** 2 * scale.CHANNELS
+    classes = len(sample_data.CLASSES)
+
+    def decoded(factor: int, *, fit: bool) -> int:
+        return classes * image * scale.images_per_class(
+            cache_mb=sizes.scale_cache_mb, image_size=sizes.scale_image_size,
+            factor=factor, classes=classes, fit=fit)
+
+    large, fits = decoded(scale.SCALE_FACTOR, fit=False), decoded(1, fit=True)
+    assert scale.SCALE_FACTOR * limit <= large < scale.SCALE_FACTOR * limit + classes * image
+    assert limit - classes * image < fits <= limit
+    assert VAL_SPLIT * large > limit < (1 - VAL_SPLIT) * large  # both shards go to disk
+    assert fits >= sizes.batch_size * image / (1 - VAL_SPLIT)  # a training batch at least
 
 
 def test_training_flops_count_convolutions_and_dense_layers():
