@@ -111,13 +111,15 @@ def compare(reference: np.ndarray, predicted: np.ndarray, *,
     than ``tolerance`` away; a NaN, another shape, or no image at all never passes.
 
     Example:
-        >>> compare(np.array([[0.9, 0.1]]), np.array([[0.8, 0.2]]), tolerance=1e-3)
-        {'max_abs_diff': 0.09999999999999998, 'top1_agreement': 1.0, 'passed': False}
+        >>> compare(np.array([[0.75, 0.25]]), np.array([[0.625, 0.375]]), tolerance=1e-3)
+        {'max_abs_diff': 0.125, 'top1_agreement': 1.0, 'passed': False}
     """
-    if predicted.shape != reference.shape or not len(reference):
-        return {"max_abs_diff": None, "top1_agreement": None, "passed": False,
-                "error": f"gave probabilities of shape {predicted.shape} where the trained "
-                         f"model gave {reference.shape}"}
+    unchecked = {"max_abs_diff": None, "top1_agreement": None, "passed": False}
+    if not len(reference):
+        return {**unchecked, "error": "was not checked: there is no image to check it on"}
+    if predicted.shape != reference.shape:
+        return {**unchecked, "error": f"gave probabilities of shape {predicted.shape} where "
+                                      f"the trained model gave {reference.shape}"}
     max_abs_diff = float(np.max(np.abs(predicted.astype(np.float64) - reference)))
     agreement = float(np.mean(predicted.argmax(axis=1) == reference.argmax(axis=1)))
     return {"max_abs_diff": max_abs_diff, "top1_agreement": agreement,

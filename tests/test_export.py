@@ -329,3 +329,10 @@ def test_the_litert_interpreter_s_delegate_notice_is_filtered_like_tensorflow_s_
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     assert done.stderr == "INFO: Created TensorFlow Lite XNNPACK delegate for CPU. ours\n"
+
+
+def test_a_check_on_no_image_never_passes():
+    figures = export_check.compare(np.zeros((0, 4)), np.zeros((0, 4), np.float32),
+                                   tolerance=1e-4)
+
+    assert figures["passed"] is False and "no image" in figures["error"]

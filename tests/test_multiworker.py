@@ -128,9 +128,10 @@ def test_two_workers_train_to_identical_weights(shapes_data, tmp_path, env):
     worker_hash = (tmp_path / "scratch" / "worker-1" / "weights.sha256").read_text().strip()
     assert chief_hash == worker_hash == metrics["weights_sha256"]
     # Only the chief wrote the shared run directory; worker 1's model stayed in its scratch.
+    # model.keras: the second of output.formats' default formats.
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["checkpoints", "fingerprint.json", "history.csv", "labels.json", "logs", "metrics.json",
-         "model.h5", "report", "spec.yaml", "weights.sha256"])
+         "model.h5", "model.keras", "report", "spec.yaml", "weights.sha256"])
     assert not list((run / "checkpoints").glob("*worker*"))
     assert "[worker 0]" in launcher.log() and "[worker 1]" in launcher.log()
 
