@@ -56,6 +56,10 @@ def tiny_spec(data_root: Path, out_dir: Path, **overrides) -> dict:
     return spec
 
 
+KERAS_SAVE_WARNING = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+"""Keras's HDF5 writer trips numpy 2's copy-keyword deprecation once per weight: noise."""
+
 CLUSTER_VARIABLES = ("TF_CONFIG", "JOB_COMPLETION_INDEX", "TRAINJOB_WORKERS",
                      "TRAINJOB_WORKER_HOSTS", "TRAINJOB_RUN_ID")
 
@@ -89,3 +93,23 @@ def train(folder: Path, spec: dict, *, run_id: str, args: tuple[str, ...] = ()) 
 def succeeded(run: Run) -> Run:
     assert run.code == 0, f"exit {run.code}\nstdout:\n{run.out}\nstderr:\n{run.err}"
     return run
+
+
+@pytest.fixture(scope="module")
+def one_local_worker():
+    """Train as a single worker whatever the shell exports (module-wide, so module-scoped
+    fixtures that train see it too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in CLUSTER_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield
+
+
+def one_error_line(run: Run, *, code: int) -> str:
+    """The run's one ``trainjob: error:`` line (warnings aside), after checking its exit code
+    and that no traceback was printed."""
+    assert run.code == code, f"exit {run.code}\n{run.out}\n{run.err}"
+    assert "Traceback" not in run.err
+    errors = [line for line in run.err.splitlines() if not line.startswith("warning: ")]
+    assert len(errors) == 1 and errors[0].startswith("trainjob: error: "), run.err
+    return errors[0]

@@ -20,26 +20,22 @@ import pytest
 
 from job import atomic
 from job.run_dir import RunDir
-from tests.conftest import CLUSTER_VARIABLES, ROOT, succeeded, tiny_spec, train, write_spec
+from tests.conftest import (
+    CLUSTER_VARIABLES,
+    KERAS_SAVE_WARNING,
+    ROOT,
+    one_error_line,
+    succeeded,
+    tiny_spec,
+    train,
+    write_spec,
+)
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+pytestmark = [pytest.mark.usefixtures("one_local_worker"), KERAS_SAVE_WARNING]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_local_worker():
-    with pytest.MonkeyPatch.context() as patch:
-        for name in CLUSTER_VARIABLES:
-            patch.delenv(name, raising=False)
-        yield
 
 
-def one_error_line(run, *, code: int) -> str:
-    assert run.code == code, f"exit {run.code}\n{run.out}\n{run.err}"
-    assert "Traceback" not in run.err
-    errors = [line for line in run.err.splitlines() if not line.startswith("warning: ")]
-    assert len(errors) == 1 and errors[0].startswith("trainjob: error: "), run.err
-    return errors[0]
 
 
 class Mount:

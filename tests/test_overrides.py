@@ -12,7 +12,7 @@ import yaml
 from job import cli
 from job import spec as spec_module
 from job.errors import SpecError
-from tests.conftest import CLUSTER_VARIABLES, ROOT, succeeded, tiny_spec, train, write_spec
+from tests.conftest import KERAS_SAVE_WARNING, ROOT, succeeded, tiny_spec, train, write_spec
 
 EXAMPLE = ROOT / "examples" / "shapes.yaml"
 
@@ -93,14 +93,9 @@ def test_render_puts_the_overrides_into_the_configmap():
     assert pod_spec["data"]["image_size"] == [40, 40]
 
 
-@pytest.fixture
-def one_local_worker(monkeypatch):
-    for name in CLUSTER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+@KERAS_SAVE_WARNING
 def test_the_run_directory_records_the_spec_with_its_overrides(shapes_data, tmp_path,
                                                                 one_local_worker):
     spec = tiny_spec(shapes_data, tmp_path / "models", train={"epochs": 3})
@@ -112,8 +107,7 @@ def test_the_run_directory_records_the_spec_with_its_overrides(shapes_data, tmp_
     assert run.metrics()["epochs"] == 1
 
 
-@pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+@KERAS_SAVE_WARNING
 def test_local_hands_the_overrides_to_every_worker(shapes_data, tmp_path, one_local_worker):
     path = write_spec(tmp_path, tiny_spec(shapes_data, tmp_path / "models",
                                           train={"epochs": 3}))

@@ -18,11 +18,10 @@ import pytest
 
 from job import data, metrics, report
 from job import spec as spec_module
-from tests.conftest import CLUSTER_VARIABLES, Run, succeeded, tiny_spec, train
+from tests.conftest import KERAS_SAVE_WARNING, Run, succeeded, tiny_spec, train
 
 # Keras's own HDF5 writer trips numpy 2's copy-keyword deprecation once per weight: noise.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+pytestmark = [pytest.mark.usefixtures("one_local_worker"), KERAS_SAVE_WARNING]
 
 CLASSES = ("circle", "square", "star", "triangle")
 PICTURES = ("learning_curves.png", "confusion_matrix_val.png", "confusion_matrix_test.png",
@@ -30,13 +29,6 @@ PICTURES = ("learning_curves.png", "confusion_matrix_val.png", "confusion_matrix
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_local_worker():
-    """Train as a single worker whatever the shell exports."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in CLUSTER_VARIABLES:
-            patch.delenv(name, raising=False)
-        yield
 
 
 def report_spec(shapes_data: Path, out_dir: Path, **overrides) -> dict:

@@ -21,18 +21,11 @@ import pytest
 from job import data, fingerprint
 from job import spec as spec_module
 from job.run_dir import RunLock
-from tests.conftest import CLUSTER_VARIABLES, ROOT, succeeded, tiny_spec, train
+from tests.conftest import KERAS_SAVE_WARNING, ROOT, one_error_line, succeeded, tiny_spec, train
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+pytestmark = [pytest.mark.usefixtures("one_local_worker"), KERAS_SAVE_WARNING]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_local_worker():
-    with pytest.MonkeyPatch.context() as patch:
-        for name in CLUSTER_VARIABLES:
-            patch.delenv(name, raising=False)
-        yield
 
 
 def one_epoch(shapes_data: Path, out_dir: Path, **overrides) -> dict:
@@ -47,12 +40,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def one_error_line(run, *, code: int = 2) -> str:
-    assert run.code == code, f"exit {run.code}\n{run.out}\n{run.err}"
-    assert "Traceback" not in run.err
-    lines = run.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trainjob: error: "), run.err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +91,7 @@ def test_a_rerun_with_other_weights_deciding_keys_is_refused_naming_them(
 
     again = train(tmp_path, changed, run_id="done")
 
-    line = one_error_line(again)
+    line = one_error_line(again, code=2)
     assert shown in line
     assert "--run-id" in line and "--restart" in line
     assert snapshot(first.run_dir) == before  # spec.yaml still records the old value
@@ -117,7 +104,7 @@ def test_a_rerun_on_changed_files_is_refused(shapes_data, tmp_path):
     first = succeeded(train(tmp_path, spec, run_id="files"))
     (copy / "train" / "circle" / "circle_00000.png").unlink()
 
-    line = one_error_line(train(tmp_path, spec, run_id="files"))
+    line = one_error_line(train(tmp_path, spec, run_id="files"), code=2)
 
     assert "files of" in line and "--restart" in line
     assert first.run_dir.joinpath("model.h5").is_file()
@@ -147,7 +134,7 @@ def test_raising_epochs_continues_and_lowering_them_below_the_trained_ones_is_re
     assert "resumed from checkpoint" in continued.out
     assert [row["epoch"] for row in continued.history()] == ["1", "2", "3"]
     assert continued.metrics()["train_loss"] is not None
-    line = one_error_line(fewer)
+    line = one_error_line(fewer, code=2)
     assert "already trained 3 epochs" in line and "train.epochs was 3, now 1" in line
 
 
@@ -194,7 +181,7 @@ def test_a_second_process_on_a_run_in_use_exits_2_naming_the_holder(shapes_data,
                                                                       holder):
     spec = one_epoch(shapes_data, tmp_path / "models")
 
-    line = one_error_line(train(tmp_path, spec, run_id="busy"))
+    line = one_error_line(train(tmp_path, spec, run_id="busy"), code=2)
 
     assert f"pid {holder.pid} on host {socket.gethostname()}" in line
     assert not (tmp_path / "models" / "busy").exists()

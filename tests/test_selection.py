@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 
 from job import spec as spec_module
-from tests.conftest import CLUSTER_VARIABLES, succeeded, tiny_spec, train
+from tests.conftest import KERAS_SAVE_WARNING, succeeded, tiny_spec, train
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+pytestmark = [pytest.mark.usefixtures("one_local_worker"), KERAS_SAVE_WARNING]
 
 
-@pytest.fixture(autouse=True)
-def one_local_worker(monkeypatch):
-    for name in CLUSTER_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 def make_spec(*, export_model="best", early_stopping=None):

@@ -18,11 +18,10 @@ import pytest
 
 from job import data
 from job import spec as spec_module
-from tests.conftest import CLUSTER_VARIABLES, Run, succeeded, tiny_spec, train
+from tests.conftest import KERAS_SAVE_WARNING, Run, succeeded, tiny_spec, train
 
 # Keras's own HDF5 writer trips numpy 2's copy-keyword deprecation once per weight: noise.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras")
+pytestmark = [pytest.mark.usefixtures("one_local_worker"), KERAS_SAVE_WARNING]
 
 CLASSES = ["circle", "square", "star", "triangle"]
 METRICS_KEYS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "test_accuracy",
@@ -32,13 +31,6 @@ METRICS_KEYS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "tes
 """metrics.json keys the issue's Outputs section promises."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_local_worker():
-    """Train as a single worker whatever the shell exports (module-wide, for ``smoke``)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in CLUSTER_VARIABLES:
-            patch.delenv(name, raising=False)
-        yield
 
 
 @pytest.fixture(autouse=True)
