@@ -149,7 +149,8 @@ def _figure(native: list[DemoRun], float32: list[DemoRun] | None, *,
     if float32:
         details.update(_side_details("float32", float32))
         other = (f"the float32 path (bfloat16 hidden from trainjob) took "
-                 f"{median([r.seconds for r in float32]):.0f} s: {_summary(float32)}")
+                 f"{median([r.seconds for r in float32]):.0f} s (median of {len(float32)}): "
+                 f"{_summary(float32)}")
     else:
         other = f"no float32 side: {why_not}" if why_not else "this CPU has no bfloat16"
     details["note"] = f"in {precision}: {_summary(native)}; {other}"
@@ -171,8 +172,12 @@ def _side_details(name: str, runs: list[DemoRun]) -> dict[str, object]:
 
 
 def _summary(runs: list[DemoRun]) -> str:
-    """Epochs, announced against taken training time, and accuracies, run by run."""
-    return ", ".join(f"{r.epochs} epochs, training {r.training_seconds:.0f} s "
-                     f"(announced {r.estimate_seconds:.0f} s), val_accuracy "
-                     f"{r.val_accuracy:.3f}, test_accuracy {r.test_accuracy:.3f}"
-                     for r in runs)
+    """Epochs, training time against the announced time, and accuracies, round by round."""
+    def each(values, spec: str) -> str:
+        return "/".join(format(value, spec) for value in values)
+
+    return (f"epochs {each([r.epochs for r in runs], 'd')}, training "
+            f"{each([r.training_seconds for r in runs], '.0f')} s (announced "
+            f"{each([r.estimate_seconds for r in runs], '.0f')} s), val_accuracy "
+            f"{each([r.val_accuracy for r in runs], '.3f')}, test_accuracy "
+            f"{each([r.test_accuracy for r in runs], '.3f')}")
