@@ -260,6 +260,19 @@ def test_under_warn_a_format_that_predicts_differently_stays_with_a_warning(
     assert "; MISSED" in run.out
 
 
+def test_a_run_that_failed_its_check_finishes_when_rerun_under_warn(
+        shapes_data, tmp_path, tempering_onnx_converter):
+    spec = export_spec(shapes_data, tmp_path / "models", formats=["h5", "onnx"])
+    assert train(tmp_path, spec, run_id="again").code == 1
+
+    rerun = succeeded(train(tmp_path, spec, run_id="again",
+                            args=("--set", "output.export_check=warn")))
+
+    assert rerun.metrics()["resumed_from_step"] == rerun.metrics()["steps"]  # no retraining
+    assert rerun.metrics()["exports"]["onnx"]["passed"] is False
+    assert (rerun.run_dir / "model.onnx").is_file()
+
+
 def test_a_format_whose_converter_is_not_installed_is_refused_before_training(
         shapes_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the export extra were absent
