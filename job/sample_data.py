@@ -63,13 +63,8 @@ def generate(out_dir: str | Path, *, images_per_class: int = 400, test_per_class
             noise_rng = np.random.default_rng(split_seed)
             for label, name in enumerate(CLASSES):
                 for relative in _file_names(split, count, label=label, name=name):
-                    image = draw(name, rng=rng, noise_rng=noise_rng, size=size)
-                    path = staging / relative
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    if path.suffix == ".png":
-                        image.save(path, optimize=False)
-                    else:
-                        image.save(path, quality=quality)
+                    _save(draw(name, rng=rng, noise_rng=noise_rng, size=size),
+                          staging / relative, quality=quality)
 
     def complete(root: Path) -> bool:
         return all((root / relative).is_file()
@@ -78,6 +73,14 @@ def generate(out_dir: str | Path, *, images_per_class: int = 400, test_per_class
                    for relative in _file_names(split, count, label=label, name=name))
 
     return build_folder(out, stamp=stamp, fill=fill, is_complete=complete)
+
+
+def _save(image, path: Path, *, quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        image.save(path, optimize=False)
+    else:
+        image.save(path, quality=quality)
 
 
 def _file_names(split: str, count: int, *, label: int, name: str) -> list[str]:
