@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import signal
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,10 @@ import yaml
 
 # Quiet TensorFlow's C++ logs in every test process and its children.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# A shell may start a background job with SIGINT ignored, and every process it starts
+# inherits that; the Ctrl-C tests need Python's own handler here and in their children.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 
