@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) ## Create .venv and install trainjob with the pinned versions (constraints.txt)
 
-demo: $(STAMP) ## Generate the sample data and train it locally; prints where model.h5 is
+demo: $(STAMP) ## Draw the sample data, size a run to this machine (it says how long), train it; prints where model.h5 is
 	$(BIN)/trainjob demo --out $(DEMO_DIR)
 
 test: $(STAMP) ## Set up, then run the whole suite (lint, architecture rules, tests)
@@ -41,7 +41,7 @@ lint: $(STAMP) ## Ruff and the import-linter architecture contracts
 	$(BIN)/ruff check job tests bench
 	$(BIN)/lint-imports
 
-bench: $(STAMP) ## Benchmark trainjob against plain Keras on generated data (~5 min on 2 cores); see BENCHMARKS.md
+bench: $(STAMP) ## Benchmark trainjob against plain Keras on generated data (~5 min on 2 cores, ~5 more for the demo, D1); see BENCHMARKS.md
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP) ## Run the benchmark suite once on tiny data so it cannot rot (numbers mean nothing)
