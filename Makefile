@@ -12,6 +12,7 @@ DEST ?= models
 DOCKER ?= docker
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
+PRECISION ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test lint bench bench-smoke image push render submit pull clean
@@ -41,11 +42,11 @@ lint: $(STAMP) ## Ruff and the import-linter architecture contracts
 	$(BIN)/ruff check job tests bench
 	$(BIN)/lint-imports
 
-bench: $(STAMP) ## Benchmark trainjob against plain Keras on generated data (~5 min on 2 cores, ~5 more for the demo, D1); see BENCHMARKS.md
-	$(BIN)/python -m bench
+bench: $(STAMP) ## Benchmark trainjob against plain Keras on generated data (under 10 min on 2 cores; PRECISION=float32 measures the float32 path); see BENCHMARKS.md
+	$(BIN)/python -m bench --precision $(PRECISION)
 
-bench-smoke: $(STAMP) ## Run the benchmark suite once on tiny data so it cannot rot (numbers mean nothing)
-	$(BIN)/python -m bench --quick
+bench-smoke: $(STAMP) ## Run the benchmark suite once on tiny data so it cannot rot (numbers mean nothing; PRECISION= as for bench)
+	$(BIN)/python -m bench --quick --precision $(PRECISION)
 
 image: ## Build the container image (IMAGE=registry/you/trainjob:tag)
 	@test -n "$(IMAGE)" || { echo "make image: set IMAGE=registry.example.com/you/trainjob:0.1.0" >&2; exit 2; }

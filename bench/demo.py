@@ -5,7 +5,7 @@ folder (it draws the data, calibrates, trains and saves), and reading back what
 it said and wrote: the epochs and the time it announced, the time it took, the
 precision, the validation and test accuracy.
 
-Two sides, in alternating rounds:
+Two sides (the figure's runs in rounds, the float32 path once, in the first):
 
 * **as this machine runs it**: the D1 figure.
 * **the float32 path**, where this CPU computes bfloat16 natively: trainjob's
@@ -17,6 +17,10 @@ Two sides, in alternating rounds:
   float32 on this CPU, not on an older one. Where the namespace cannot be made
   (not Linux, no ``unshare``, no permission), the side is left out and the
   results say why; on a CPU without bfloat16 the first side already is float32.
+
+With the suite's ``--precision float32`` the float32 path is the only side, and
+the figure: the native side would measure bfloat16 again. Where it cannot be
+made, the native side runs, and the figure's precision and note say so.
 
 The reference is the README's promise: two minutes for the set-up and the demo
 together. The set-up (a fresh venv from a warm package cache) is not measured
@@ -69,8 +73,13 @@ class DemoRun:
     test_accuracy: float
 
 
-def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None]) -> list[Figure]:
-    """D1 from ``sizes.repetitions`` rounds, each running every available side once."""
+def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
+            precision: str = "auto") -> list[Figure]:
+    """D1 from ``sizes.demo_rounds`` runs of the figure's side; the float32 path, where it
+    is a second side, runs once, in the first round.
+
+    ``precision``: the suite's ``--precision`` (``bench.specs.PRECISIONS``).
+    """
     counter = itertools.count(1)
     hidden, why_not = float32_namespace(work_dir)
 
@@ -78,14 +87,25 @@ def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None]) -> list
         return lambda: run_demo(prefix, out=work_dir / "demo" / f"{name}-{next(counter)}",
                                 sizes=sizes)
 
-    sides = {NATIVE: side("native", [])}
-    if hidden is not None and sizes.demo_float32_side:
-        sides[FLOAT32] = side("float32", hidden)
-    elif why_not is None:
-        why_not = "left out in quick mode"
-    runs = alternate(sides, repetitions=sizes.repetitions, warmups=0, log=log,
-                     label="D1 demo")
-    return [_figure(runs[NATIVE], runs.get(FLOAT32), why_not=why_not)]
+    def rounds(sides: dict[str, Callable[[], DemoRun]], count: int) -> dict[str, list]:
+        return alternate(sides, repetitions=count, warmups=0, log=log, label="D1 demo")
+
+    if precision == "float32" and hidden is not None:
+        runs = rounds({FLOAT32: side("float32", hidden)}, sizes.demo_rounds)
+        return [_figure(runs[FLOAT32], None, side="float32",
+                        why_not="with --precision float32 this path is the figure")]
+    if precision == "float32" and why_not is not None:
+        why_not = f"--precision float32 asked for, but bfloat16 could not be hidden: {why_not}"
+    native = side("native", [])
+    if hidden is None or precision != "auto" or not sizes.demo_float32_side:
+        if why_not is None and hidden is not None:
+            why_not = "left out in quick mode"
+        return [_figure(rounds({NATIVE: native}, sizes.demo_rounds)[NATIVE], None,
+                        side="native", why_not=why_not)]
+    first = rounds({NATIVE: native, FLOAT32: side("float32", hidden)}, 1)
+    later = rounds({NATIVE: native}, sizes.demo_rounds - 1) if sizes.demo_rounds > 1 else {}
+    return [_figure(first[NATIVE] + later.get(NATIVE, []), first[FLOAT32], side="native",
+                    why_not=None)]
 
 
 def run_demo(prefix: list[str], *, out: Path, sizes: Sizes) -> DemoRun:
@@ -142,22 +162,28 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _figure(native: list[DemoRun], float32: list[DemoRun] | None, *,
+def _figure(measured: list[DemoRun], float32: list[DemoRun] | None, *, side: str,
             why_not: str | None) -> Figure:
-    precision = native[0].precision
-    details = {"budget_seconds": BUDGET_SECONDS, **_side_details("native", native)}
+    """D1 from the ``measured`` side's runs (``side``: "native" or "float32"), with the
+    float32 path's runs, when it ran beside it, in the note."""
+    precision = measured[0].precision
+    details = {"budget_seconds": BUDGET_SECONDS, "precision": precision, "side": side,
+               **_side_details(side, measured)}
+    hidden = " (bfloat16 hidden from trainjob)" if side == "float32" else ""
     if float32:
         details.update(_side_details("float32", float32))
         other = (f"the float32 path (bfloat16 hidden from trainjob) took "
                  f"{median([r.seconds for r in float32]):.0f} s (median of {len(float32)}): "
                  f"{_summary(float32)}")
+    elif side == "float32":
+        other = why_not
     else:
         other = f"no float32 side: {why_not}" if why_not else "this CPU has no bfloat16"
-    details["note"] = f"in {precision}: {_summary(native)}; {other}"
+    details["note"] = f"in {precision}{hidden}: {_summary(measured)}; {other}"
     return Figure.of("D1", title=f"Demo on a fresh folder: draw, calibrate, train, save "
                                  f"({precision})",
                      unit="s", reference_name="the README's two minutes, set-up included",
-                     target=D1_TARGET, trainjob=[r.seconds for r in native],
+                     target=D1_TARGET, trainjob=[r.seconds for r in measured],
                      reference=[BUDGET_SECONDS], **details)
 
 

@@ -9,6 +9,8 @@ they report.
   accuracies are kept. Both get ``TF_NUM_INTRAOP_THREADS`` (and its siblings)
   set to the core count, so neither depends on the caller's shell.
 * M1: the peak RSS of those same processes.
+* With the suite's ``--precision float32`` the spec turns ``train.mixed_precision``
+  off, so every trainjob run computes in float32, as plain Keras does.
 * P5: ``python -m job local --workers 2`` (the launcher gives each worker
   cores / 2 threads) against P4's one-worker runs (all the cores), run in the
   same rounds, in images per second of the epochs after the first, from each
@@ -33,7 +35,7 @@ from pathlib import Path
 from bench.measure import REPO, Child, alternate, child_env, median, run_child
 from bench.report import Figure, Target
 from bench.sizes import Sizes
-from bench.specs import SEED, VAL_SPLIT, prepare_runs
+from bench.specs import SEED, VAL_SPLIT, mixed_precision_setting, prepare_runs
 from job.machine import available_cpus
 
 P4_TARGET = Target(at_least=False, value=0.7)
@@ -52,6 +54,9 @@ class Run:
     val_accuracy: float
     images_per_second: float | None = None
     """Median of the epochs after the first (trainjob only; the reference has no history)."""
+    precision: str = "float32"
+    """The Keras policy the run computed in (trainjob's metrics.json; Keras's default for
+    the plain script)."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,15 @@ class Runner:
                          timeout_seconds=self.sizes.child_timeout_seconds)
 
 
-def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
-            log: Callable[[str], None]) -> list[Figure]:
-    """P4, M1 and P5 from ``warmups + repetitions`` rounds of the three kinds of run."""
+def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
+            precision: str = "auto") -> list[Figure]:
+    """P4, M1 and P5 from ``warmups + repetitions`` rounds of the three kinds of run.
+
+    ``precision``: the suite's ``--precision`` (``bench.specs.PRECISIONS``).
+    """
     runs_dir, spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="e2e",
-                                       epochs=sizes.run_epochs)
+                                       epochs=sizes.run_epochs,
+                                       mixed_precision=mixed_precision_setting(precision))
     counter = itertools.count(1)
     runner = Runner(train_dir, sizes, spec_path, runs_dir, logs_dir=work_dir / "logs" / "e2e",
                     names=lambda kind: f"{kind}-{next(counter)}")
@@ -117,7 +126,7 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
 def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],
              sizes: Sizes) -> list[Figure]:
     where = {"image_size": sizes.train_image_size, "batch_size": sizes.batch_size,
-             "epochs": sizes.run_epochs}
+             "epochs": sizes.run_epochs, "precision": ours[0].precision}
     return [
         Figure.of("P4", title=f"End to end, {sizes.run_epochs} epochs (train + save)",
                   unit="s", reference_name="plain Keras script", target=P4_TARGET,
@@ -134,7 +143,8 @@ def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],
                   reference_name=f"one worker x {available_cpus()} threads",
                   target=P5_TARGET, trainjob=[r.images_per_second for r in two_workers],
                   reference=[r.images_per_second for r in ours],
-                  two_worker_val_accuracies=[r.val_accuracy for r in two_workers], **where),
+                  two_worker_val_accuracies=[r.val_accuracy for r in two_workers],
+                  two_worker_precision=two_workers[0].precision, **where),
     ]
 
 
@@ -143,5 +153,6 @@ def _trainjob_result(child: Child, run_dir: Path) -> Run:
     with open(run_dir / "history.csv", newline="") as handle:
         later = [float(row["images_per_second"]) for row in csv.DictReader(handle)][1:]
     return Run(child.seconds, child.peak_rss_bytes / MIB, metrics["val_accuracy"],
-               median(later) if later else metrics["images_per_second"])
+               median(later) if later else metrics["images_per_second"],
+               precision=metrics["precision"])
 

@@ -1,7 +1,8 @@
 """Measuring: interleaved repetitions after warm-ups, medians, and child processes.
 
 Owns: how a measurement is repeated (warm-ups discarded, trainjob and reference
-alternating so a change in machine load hits both alike), the median, the
+alternating so a change in machine load hits both alike), the suite's one
+warm-up (imports and data read once before the first figure), the median, the
 environment of every child, and running one child process to its end with its
 wall time and peak RSS (measured by ``bench/child.py``, a small process between
 us and the child).
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -44,6 +45,8 @@ CHILD = Path(__file__).resolve().with_name("child.py")
 """Starts each measured child from a small process; see its docstring for why."""
 LOG_TAIL_LINES = 30
 """Lines of a failed child's log quoted in the error."""
+WARM_UP_IMPORTS = "import PIL.Image, keras, matplotlib.pyplot, tensorflow"
+"""What the measured children load, imported once by the suite's warm-up."""
 
 
 class BenchmarkFailed(RuntimeError):
@@ -82,6 +85,24 @@ def alternate(sides: Mapping[str, Callable[[], T]], *, repetitions: int, warmups
             if not warm:
                 kept[name].append(result)
     return kept
+
+
+def warm_up(folders: Iterable[Path], *, log: Path, timeout_seconds: float) -> None:
+    """Once per suite, untimed: read every file of ``folders`` and import what children use.
+
+    Every side of every figure runs in a fresh process, so what a first round
+    finds cold lives outside processes: the data and the libraries in the page
+    cache, and first-use caches on disk (matplotlib's font list). This warms them
+    once, for all figures, where a warm-up round per figure ran every side again.
+    """
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    while handle.read(1 << 20):
+                        pass
+    run_child([sys.executable, "-c", WARM_UP_IMPORTS], env=child_env(threads=None), cwd=REPO,
+              log=log, timeout_seconds=timeout_seconds)
 
 
 def timed(function: Callable[[], T]) -> tuple[T, float]:

@@ -42,7 +42,7 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
     logs = work_dir / "logs" / "predict"
     run_dir = work_dir / "predict-run"
     log(f"P7: a small_cnn run to predict with, {height}x{width}")
-    run_module("bench.predict", ["model", str(run_dir), str(folder), "--height", str(height),
+    made = run_module("bench.predict", ["model", str(run_dir), str(folder), "--height", str(height),
                                  "--width", str(width)],
                log=logs / "model.log", timeout_seconds=sizes.child_timeout_seconds)
     counter = itertools.count(1)
@@ -67,14 +67,20 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
         target=P7_TARGET, trainjob=[r["images_per_second"] for r in runs["trainjob"]],
         reference=[r["images_per_second"] for r in runs["keras"]],
         images=sizes.photos, photo_size=list(sizes.photo_size), decoded_to=[height, width],
-        reference_batch_size=sizes.batch_size, top_k=TOP_K, model="small_cnn, untrained")]
+        reference_batch_size=sizes.batch_size, top_k=TOP_K, model="small_cnn, untrained",
+        precision=made["precision"])]
 
 
 # --- in the child process ------------------------------------------------------------
 
 
-def make_run(run_dir: Path, folder: Path, *, image_size: tuple[int, int]) -> None:
-    """A run directory as ``trainjob train`` leaves it, around an untrained small_cnn."""
+def make_run(run_dir: Path, folder: Path, *, image_size: tuple[int, int]) -> str:
+    """A run directory as ``trainjob train`` leaves it, around an untrained small_cnn.
+
+    Returns:
+        The model's dtype policy, what both sides predict in (Keras's float32 default:
+        neither ``--precision`` nor the CPU changes it).
+    """
     from job import spec as spec_module
     from job.model import build_model
     from job.run_dir import RunDir
@@ -90,6 +96,7 @@ def make_run(run_dir: Path, folder: Path, *, image_size: tuple[int, int]) -> Non
     run.save_model(model)
     run.write_json("labels.json", list(CLASSES))
     run.write_spec(spec.to_dict())
+    return model.dtype_policy.name
 
 
 def trainjob_pass(run_dir: Path, folder: Path, *, rows: Path) -> dict:
@@ -138,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     size = (args.height, args.width)
     if args.side == "model":
-        make_run(args.run_dir, args.folder, image_size=size)
-        result: dict = {"run_dir": str(args.run_dir)}
+        policy = make_run(args.run_dir, args.folder, image_size=size)
+        result: dict = {"run_dir": str(args.run_dir), "precision": policy}
     elif args.side == "trainjob":
         result = trainjob_pass(args.run_dir, args.folder, rows=args.rows)
     else:

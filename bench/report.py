@@ -1,8 +1,9 @@
 """Figures, their targets, results.json and the markdown table.
 
 Owns: what a figure is (trainjob's value, the reference's, every repetition,
-the ratio and whether it meets its target), the layout of results.json, and the
-table printed at the end of a run (and pasted into BENCHMARKS.md).
+the ratio, each round's own ratio (the spread), the precision the trainjob side
+computed in, and whether it meets its target), the layout of results.json, and
+the table printed at the end of a run (and pasted into BENCHMARKS.md).
 Never touches: measuring, processes, TensorFlow.
 """
 
@@ -49,7 +50,9 @@ class Figure:
     trainjob_samples: tuple[float, ...]
     reference_samples: tuple[float, ...]
     details: dict[str, Any] = field(default_factory=dict)
-    """Anything else worth keeping: accuracies, FLOPs per image, which method was used."""
+    """Anything else worth keeping: accuracies, FLOPs per image, which method was used.
+    ``details["precision"]`` (a Keras policy or dtype name) is what the trainjob side
+    computed in; figures without a model (the input pipeline) leave it out."""
 
     @classmethod
     def of(cls, id: str, *, title: str, unit: str, reference_name: str, target: Target,
@@ -70,6 +73,26 @@ class Figure:
         return self.trainjob / self.reference if self.reference else float("inf")
 
     @property
+    def round_ratios(self) -> tuple[float, ...]:
+        """trainjob / reference of each round: the spread behind the ratio of the medians.
+
+        Samples pair up round by round (``measure.alternate`` runs every side once a
+        round); a reference with one value (D1's fixed budget) divides every round.
+
+        Example:
+            >>> Figure.of("P4", title="", unit="s", reference_name="", target=Target(False, 1),
+            ...           trainjob=[7, 8], reference=[10, 10]).round_ratios
+            (0.7, 0.8)
+        """
+        theirs = self.reference_samples
+        if len(theirs) == 1:
+            theirs = theirs * len(self.trainjob_samples)
+        if len(theirs) != len(self.trainjob_samples):
+            return ()
+        return tuple(ours / ref if ref else float("inf")
+                     for ours, ref in zip(self.trainjob_samples, theirs))
+
+    @property
     def passed(self) -> bool:
         return self.target.met(self.ratio)
 
@@ -82,20 +105,44 @@ class Figure:
             "target_value": self.target.value, "passed": self.passed,
             "trainjob_samples": list(self.trainjob_samples),
             "reference_samples": list(self.reference_samples),
+            "round_ratios": list(self.round_ratios),
+            "spread": ([min(self.round_ratios), max(self.round_ratios)]
+                       if self.round_ratios else None),
+            "precision": self.details.get("precision"),
             "details": self.details,
         }
 
 
-def results(figures: Sequence[Figure], *, mode: str, environment: dict[str, Any],
-            sizes: dict[str, Any], seconds: float,
-            others_cpu_share: float | None) -> dict[str, Any]:
-    """The results.json document (pure)."""
+@dataclass(frozen=True)
+class Timing:
+    """How long a run took, the CPU it used, and how busy other work kept the machine."""
+
+    seconds: float
+    """Wall time of the whole suite, data generation included."""
+    cpu_seconds: float | None
+    """User + system time of the suite process and of every child it waited for: what
+    the run would need of the cores on an idle machine (divided by the cores, a lower
+    bound on its wall time there)."""
+    others_cpu_share: float | None
+    """Share of all cores' time that processes outside the suite used while it ran."""
+    groups: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Each group's ``seconds`` and ``cpu_seconds``, by name, in the order they ran."""
+
+
+def results(figures: Sequence[Figure], *, mode: str, precision: str,
+            environment: dict[str, Any], sizes: dict[str, Any],
+            timing: Timing) -> dict[str, Any]:
+    """The results.json document (pure). ``precision`` is what was asked for (``auto``
+    or ``float32``); each figure's ``precision`` is what its trainjob side computed in."""
     return {
         "mode": mode,
+        "precision": precision,
         "environment": environment,
         "sizes": sizes,
-        "seconds": seconds,
-        "others_cpu_share": others_cpu_share,
+        "seconds": timing.seconds,
+        "cpu_seconds": timing.cpu_seconds,
+        "others_cpu_share": timing.others_cpu_share,
+        "groups": timing.groups,
         "figures": [figure.to_dict() for figure in figures],
     }
 
@@ -110,35 +157,73 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
 def table(document: dict[str, Any]) -> str:
     """The markdown table of a results document, the machine line, then each figure's note.
 
-    A note (``details["note"]``) says what one row cannot: D1's float32 side.
+    Every ratio has its rounds' spread beside it (the lowest and highest of the
+    rounds' own ratios) and the precision the trainjob side computed in. A note
+    (``details["note"]``) says what one row cannot: D1's float32 side.
     """
-    lines = ["| # | Figure | trainjob | Reference (same run) | Ratio | Target | Met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| # | Figure | Precision | trainjob | Reference (same run) | Ratio "
+             "| Rounds (min–max) | Target | Met |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in document["figures"]:
         target = Target(row["target_at_least"], row["target_value"],
                         percent=row["target"].endswith("%"))
         lines.append(
-            f"| {row['id']} | {row['title']} | {_number(row['trainjob'])} {row['unit']} "
+            f"| {row['id']} | {row['title']} | {precision_name(row.get('precision'))} "
+            f"| {_number(row['trainjob'])} {row['unit']} "
             f"| {_number(row['reference'])} {row['unit']} ({row['reference_name']}) "
-            f"| {target.show(row['ratio'])} | {row['target']} "
-            f"| {'yes' if row['passed'] else '**no**'} |")
+            f"| {target.show(row['ratio'])} | {spread(row.get('round_ratios') or [], target)} "
+            f"| {row['target']} | {'yes' if row['passed'] else '**no**'} |")
     notes = [f"* {row['id']}: {row['details']['note']}" for row in document["figures"]
              if row.get("details", {}).get("note")]
     return ("\n".join(lines) + "\n\n" + machine_line(document) + "\n"
             + "".join(f"\n{note}" for note in notes) + ("\n" if notes else ""))
 
 
+def spread(ratios: Sequence[float], target: Target) -> str:
+    """The lowest and highest of the rounds' ratios, as the ratio is shown.
+
+    Example:
+        >>> spread([0.73, 0.64, 0.70], Target(at_least=False, value=0.7))
+        '0.64–0.73x'
+        >>> spread([0.5], Target(at_least=True, value=0.25, percent=True))
+        '50% (one round)'
+    """
+    if not ratios:
+        return "–"
+    low, high = target.show(min(ratios)), target.show(max(ratios))
+    if len(ratios) == 1:
+        return f"{low} (one round)"
+    unit = "%" if target.percent else "x"
+    return f"{low.removesuffix(unit)}–{high}"
+
+
+def precision_name(policy: str | None) -> str:
+    """What a Keras policy computes in: ``mixed_bfloat16`` -> ``bfloat16``; None -> ``–``.
+
+    Example:
+        >>> precision_name("mixed_bfloat16"), precision_name("float32"), precision_name(None)
+        ('bfloat16', 'float32', '–')
+    """
+    if not policy:
+        return "–"
+    return policy.removeprefix("mixed_")
+
+
 def machine_line(document: dict[str, Any]) -> str:
-    """One line: versions, CPUs, how long it took and how busy other work kept the CPUs."""
+    """One line: versions, CPUs, precision asked for, how long it took, the CPU it used
+    and how busy other work kept the CPUs."""
     env = document["environment"]
     share = document.get("others_cpu_share")
     busy = "unknown" if share is None else f"{share:.0%}"
     commit = env.get("commit") or "unknown commit"
     if env.get("job_uncommitted_changes"):
         commit += " with uncommitted changes in job/"
-    return (f"{document['mode']} run of {commit}, {document['seconds']:.0f} s; TensorFlow "
-            f"{env['tensorflow']}, Keras {env['keras']}, Pillow {env['pillow']}, NumPy "
-            f"{env['numpy']}, Python {env['python']}; {env['cpus_available']} of "
+    cpu = document.get("cpu_seconds")
+    used = "" if cpu is None else f" ({cpu:,.0f} CPU-seconds)"
+    return (f"{document['mode']} run of {commit} with --precision "
+            f"{document.get('precision', 'auto')}, {document['seconds']:.0f} s{used}; "
+            f"TensorFlow {env['tensorflow']}, Keras {env['keras']}, Pillow {env['pillow']}, "
+            f"NumPy {env['numpy']}, Python {env['python']}; {env['cpus_available']} of "
             f"{env['cpu_count']} CPUs available; other processes used {busy} of the CPU "
             "time while it ran.")
 

@@ -11,6 +11,9 @@ small CNN), batch, image size and ``data.cache_memory_mb`` (small: ``sizes.scale
 * reference side, the same run on a dataset whose decoded pixels fit in the cache,
   so both shards stay in memory.
 
+With the suite's ``--precision float32`` both runs train with
+``train.mixed_precision: false``.
+
 The figure is large / small peak RSS (from ``bench/child.py``, as M1). Each large
 run gets an empty cache folder, so every run decodes, as a first run does; a run
 that did not use the disk cache (or a small one that did) fails the figure rather
@@ -29,7 +32,7 @@ from bench.end_to_end import Run, Runner
 from bench.measure import BenchmarkFailed, alternate, fresh_dir
 from bench.report import Figure, Target
 from bench.sizes import Sizes
-from bench.specs import training_spec, write_spec
+from bench.specs import mixed_precision_setting, training_spec, write_spec
 from job import sample_data
 
 M2_TARGET = Target(at_least=False, value=1.3)
@@ -59,9 +62,14 @@ def images_per_class(*, cache_mb: int, image_size: int, factor: float, classes: 
     return math.floor(per_class_bytes) if fit else math.ceil(per_class_bytes)
 
 
-def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None]) -> list[Figure]:
-    """M2 from ``warmups + repetitions`` rounds of the large run and the one that fits."""
-    runners = {name: _runner(name, sizes, work_dir=work_dir, log=log)
+def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
+            precision: str = "auto") -> list[Figure]:
+    """M2 from ``warmups + repetitions`` rounds of the large run and the one that fits.
+
+    ``precision``: the suite's ``--precision`` (``bench.specs.PRECISIONS``).
+    """
+    runners = {name: _runner(name, sizes, work_dir=work_dir, log=log,
+                             mixed_precision=mixed_precision_setting(precision))
                for name in ("large", "fits")}
     runs = alternate({f"{SCALE_FACTOR}x the cache": lambda: _run(runners["large"], disk=True),
                       "fits in the cache": lambda: _run(runners["fits"], disk=False)},
@@ -71,7 +79,8 @@ def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None]) -> list
     return [_figure(large, fits, sizes)]
 
 
-def _runner(name: str, sizes: Sizes, *, work_dir: Path, log: Callable[[str], None]) -> Runner:
+def _runner(name: str, sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
+            mixed_precision: bool | None) -> Runner:
     """A Runner training one epoch on M2's ``name`` dataset, its cache in its own folder."""
     side = sizes.scale_image_size
     per_class = images_per_class(cache_mb=sizes.scale_cache_mb, image_size=side,
@@ -83,7 +92,8 @@ def _runner(name: str, sizes: Sizes, *, work_dir: Path, log: Callable[[str], Non
                                 image_size=side, seed=SCALE_SEED)
     runs_dir = fresh_dir(work_dir / "runs" / f"scale-{name}")
     spec = training_spec(root / "train", sizes, epochs=1, output_dir=runs_dir,
-                         name=f"bench-scale-{name}", image_size=side)
+                         name=f"bench-scale-{name}", image_size=side,
+                         mixed_precision=mixed_precision)
     spec["data"].update(cache="auto", cache_memory_mb=sizes.scale_cache_mb,
                         cache_dir=str(runs_dir / "cache"))
     spec_path = write_spec(work_dir / "specs" / f"scale-{name}.yaml", spec)
@@ -126,6 +136,7 @@ def _figure(large: list[Run], fits: list[Run], sizes: Sizes) -> Figure:
         unit="MiB", reference_name="the same run on data that fits in the cache",
         target=M2_TARGET, trainjob=[r.peak_rss_mib for r in large],
         reference=[r.peak_rss_mib for r in fits], note=note,
-        cache_memory_mb=sizes.scale_cache_mb, images=counts, decoded_mib=decoded,
+        precision=large[0].precision, cache_memory_mb=sizes.scale_cache_mb, images=counts,
+        decoded_mib=decoded,
         round_ratios=rounds, extra_mib=extra, image_size=side,
         batch_size=sizes.batch_size, epochs=1)

@@ -38,9 +38,13 @@ class Sizes:
     """P4/P5/M1 epochs per run: enough to learn above chance, and for a cache across
     epochs to pay off."""
     repetitions: int = 3
-    """Timed repetitions per figure; the figure is their median."""
-    warmups: int = 1
-    """Untimed runs before the repetitions: page cache, imports, first-call tracing."""
+    """Timed repetitions (rounds) per figure; the figure is their median, and the table
+    shows the lowest and highest of the rounds' own ratios beside it."""
+    warmups: int = 0
+    """Untimed rounds before the repetitions. None: every side runs in a fresh process
+    (it traces its own first call whatever ran before), and the suite's one warm-up
+    (``measure.warm_up``) reads the data and imports the libraries before the first
+    figure. A round per figure cost a quarter of those figures' time."""
     matmul_size: int = 2048
     """n of the n x n float32 matmul that measures the machine's peak FLOP/s (P6)."""
     matmul_repetitions: int = 5
@@ -52,14 +56,19 @@ class Sizes:
     data (16 MiB: 1,368 images at 64 px) trains its one epoch in seconds."""
     scale_image_size: int = 64
     """Pixels per side of M2's images: the spec's default, 12 KiB decoded each."""
+    demo_rounds: int = 2
+    """Runs of the demo for D1's figure. A run takes the demo's own time (about 40 s on 2
+    cores, however fast the machine: it sizes its training to 30 s), so each round costs
+    what it costs a newcomer; two give a spread, and D1 sits far from its target."""
     demo_float32_side: bool = True
-    """D1 also runs the demo with bfloat16 hidden from trainjob, where the CPU has it: most
-    machines train the demo in float32. Off in quick mode, where one demo run is enough."""
+    """D1 also runs the demo once with bfloat16 hidden from trainjob, where the CPU has it
+    and ``--precision auto`` was asked for: most machines train the demo in float32. Off
+    in quick mode, where one demo run is enough."""
 
 
 FULL = Sizes(name="full")
 QUICK = Sizes(name="quick", photos=64, shapes_per_class=10, train_image_size=32, batch_size=8,
               step_epochs=2, run_epochs=2, repetitions=1, warmups=0, matmul_size=256,
-              matmul_repetitions=1, child_timeout_seconds=180.0, demo_float32_side=False,
-              scale_cache_mb=1)
+              matmul_repetitions=1, child_timeout_seconds=180.0, demo_rounds=1,
+              demo_float32_side=False, scale_cache_mb=1)
 """Smoke mode: every code path once on tiny data, about a minute."""

@@ -1,8 +1,9 @@
 """The trainjob spec that every training figure shares.
 
-Owns: the one spec dict (data, model, train, output) that P3, P4, P5 and M1
-train, so trainjob and the plain Keras reference see the same images, image
-size, batch, epochs, optimizer and model; writing it as YAML for the CLI.
+Owns: the one spec dict (data, model, train, output) that P3, P4, P5, M1 and
+M2 train, so trainjob and the plain Keras reference see the same images, image
+size, batch, epochs, optimizer and model; what the suite's ``--precision``
+means for it; writing it as YAML for the CLI.
 Never touches: running anything. The model section is left at the spec's
 defaults, which the reference reads from ``job.spec`` too: one source of truth.
 """
@@ -23,6 +24,22 @@ VAL_SPLIT = 0.2
 """Validation fraction of both sides: trainjob's default."""
 QUIET_STEPS = 1_000_000
 """Progress lines and checkpoints only at epoch ends: a benchmark does not need them."""
+PRECISIONS = ("auto", "float32")
+"""The suite's ``--precision``: ``auto`` leaves ``train.mixed_precision`` at trainjob's
+default (bfloat16 where the CPU has it), ``float32`` turns it off in every training
+figure, so a bfloat16 machine measures what a CPU without bfloat16 runs."""
+
+
+def mixed_precision_setting(precision: str) -> bool | None:
+    """``train.mixed_precision`` for the suite's ``precision`` (None: the spec's default).
+
+    Example:
+        >>> mixed_precision_setting("auto") is None, mixed_precision_setting("float32")
+        (True, False)
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    return False if precision == "float32" else None
 
 
 def training_spec(train_dir: Path, sizes: Sizes, *, epochs: int, output_dir: Path,

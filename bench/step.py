@@ -13,7 +13,9 @@ trainjob trains at its defaults, so with ``train.mixed_precision: auto`` it
 computes in bfloat16 on CPUs that have it natively, while ``model.fit`` runs at
 Keras's float32 default, what a user gets without changing anything. A third
 side, trainjob with ``mixed_precision: false``, is measured in the same rounds
-and kept in P3's details, so the loop's own gain stays visible.
+and kept in P3's details (and note), so the loop's own gain stays visible. With
+the suite's ``--precision float32`` trainjob's side itself trains with
+``mixed_precision: false`` and the third side, the same run again, is left out.
 P6: training FLOPs per image counted from the model's layer shapes, times P3's
 images per second, over the median of timed large ``tf.matmul`` calls made in
 the same process right after training, in the dtype the training computed in
@@ -33,7 +35,7 @@ from pathlib import Path
 from bench.measure import alternate, median, run_module, timed
 from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
-from bench.specs import prepare_runs
+from bench.specs import mixed_precision_setting, prepare_runs
 
 P3_TARGET = Target(at_least=True, value=1.0)
 P6_TARGET = Target(at_least=True, value=0.25, percent=True)
@@ -42,13 +44,15 @@ TRAINING_FLOPS_PER_FORWARD = 3
 gradients with respect to both the activations and the weights."""
 
 
-def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
-            log: Callable[[str], None]) -> list[Figure]:
-    """P3 (trainjob's loop against ``model.fit``) and P6 (its share of the matmul peak)."""
+def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
+            precision: str = "auto") -> list[Figure]:
+    """P3 (trainjob's loop against ``model.fit``) and P6 (its share of the matmul peak).
+
+    ``precision``: the suite's ``--precision`` (``bench.specs.PRECISIONS``).
+    """
     _, spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="step",
-                                epochs=sizes.step_epochs)
-    _, float32_spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir, kind="step-float32",
-                                        epochs=sizes.step_epochs, mixed_precision=False)
+                                epochs=sizes.step_epochs,
+                                mixed_precision=mixed_precision_setting(precision))
     counter = itertools.count(1)
 
     def side(name: str, spec: Path, *args: str) -> Callable[[], dict]:
@@ -61,15 +65,22 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
                               timeout_seconds=sizes.child_timeout_seconds)
         return run
 
-    runs = alternate({"trainjob": side("trainjob", spec_path, "--matmul-size",
-                                       str(sizes.matmul_size), "--matmul-repetitions",
-                                       str(sizes.matmul_repetitions)),
-                      "trainjob float32": side("trainjob-float32", float32_spec_path),
-                      "model.fit": side("fit", spec_path)},
-                     repetitions=sizes.repetitions, warmups=0, log=log,
+    sides = {"trainjob": side("trainjob", spec_path, "--matmul-size", str(sizes.matmul_size),
+                              "--matmul-repetitions", str(sizes.matmul_repetitions))}
+    if precision == "auto":  # With float32 asked for, trainjob's side already is this one.
+        _, float32_spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir,
+                                            kind="step-float32", epochs=sizes.step_epochs,
+                                            mixed_precision=False)
+        sides["trainjob float32"] = side("trainjob-float32", float32_spec_path)
+    sides["model.fit"] = side("fit", spec_path)
+    runs = alternate(sides, repetitions=sizes.repetitions, warmups=0, log=log,
                      label="P3/P6 training step (each first epoch is a warm-up)")
+    return _figures(runs, sizes)
+
+
+def _figures(runs: dict[str, list[dict]], sizes: Sizes) -> list[Figure]:
+    """P3 and P6 from the rounds' results, with the float32 side's note when it ran."""
     ours = [median(run["rates"]) for run in runs["trainjob"]]
-    float32 = [median(run["rates"]) for run in runs["trainjob float32"]]
     theirs = [median(run["rates"]) for run in runs["model.fit"]]
     peak = [median(run["gflops"]) for run in runs["trainjob"]]
     precision = runs["trainjob"][0]["precision"]
@@ -80,15 +91,28 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path,
                    target=P3_TARGET, trainjob=ours, reference=theirs,
                    method="job.train.train per-epoch images_per_second (history.csv)",
                    precision=precision, image_size=sizes.train_image_size,
-                   batch_size=sizes.batch_size, float32_images_per_second=median(float32),
-                   float32_ratio=median(float32) / median(theirs),
-                   float32_samples=float32)
+                   batch_size=sizes.batch_size,
+                   **_float32_side(runs.get("trainjob float32"), theirs))
     p6 = Figure.of("P6", title=f"Training FLOP/s, share of the matmul peak ({dtype})",
                    unit="GFLOP/s", reference_name=f"{sizes.matmul_size}² {dtype} tf.matmul",
                    target=P6_TARGET, trainjob=[rate * gflops_per_image for rate in ours],
                    reference=peak, training_gflops_per_image=gflops_per_image,
-                   matmul_dtype=dtype)
+                   matmul_dtype=dtype, precision=dtype)
     return [p3, p6]
+
+
+def _float32_side(runs: list[dict] | None, theirs: list[float]) -> dict[str, object]:
+    """P3's details for its float32 side (trainjob with ``mixed_precision: false``), if run."""
+    if not runs:
+        return {}
+    float32 = [median(run["rates"]) for run in runs]
+    rounds = [ours / ref for ours, ref in zip(float32, theirs)]
+    return {"float32_images_per_second": median(float32),
+            "float32_ratio": median(float32) / median(theirs), "float32_samples": float32,
+            "float32_round_ratios": rounds,
+            "note": (f"trainjob in float32 (mixed_precision: false), same rounds: "
+                     f"{median(float32):,.0f} images/s, {median(float32) / median(theirs):.2f}x "
+                     f"model.fit (rounds {', '.join(f'{r:.2f}x' for r in rounds)})")}
 
 
 def matmul_dtype(policy: str) -> str:

@@ -1,13 +1,15 @@
 """The benchmark command line and the order of a run.
 
-Owns: ``python -m bench [--quick] [--only P1,P4] [--repetitions N] [--out FILE]
-[--work-dir DIR]``:
-choosing the sizes, generating the data, running the figure groups in order,
-writing results.json and printing the table. Progress goes to stderr, the
-table to stdout. Missing a target is a result, not an error: the exit code is 0
-unless a measurement itself failed (1).
+Owns: ``python -m bench [--quick] [--only P1,P4] [--repetitions N]
+[--precision auto|float32] [--out FILE] [--work-dir DIR]``:
+choosing the sizes and the precision, generating the data, running the figure
+groups in order, timing each (wall and CPU seconds), writing results.json and
+printing the table. Progress goes to stderr, the table to stdout, and the last
+line on stderr says how long the whole suite took and how much CPU it used.
+Missing a target is a result, not an error: the exit code is 0 unless a
+measurement itself failed (1).
 Never touches: how any figure is measured (``pipeline``, ``step``, ``end_to_end``,
-``predict``, ``scale``, ``demo``).
+``predict``, ``scale``, ``demo``) or warmed up (``measure``).
 
 Example:
     >>> main(["--quick", "--out", "/tmp/results.json"])   # doctest: +SKIP
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -28,9 +31,10 @@ from typing import Any
 from bench import datasets, end_to_end, machine, pipeline, scale, step
 from bench import demo as demo_figure
 from bench import predict as predict_figure
-from bench.measure import BenchmarkFailed
-from bench.report import Figure, results, table, write_json
+from bench.measure import BenchmarkFailed, warm_up
+from bench.report import Figure, Timing, results, table, write_json
 from bench.sizes import FULL, QUICK, Sizes
+from bench.specs import PRECISIONS
 from job.errors import TrainjobError
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -39,6 +43,8 @@ ORDER = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "M1", "M2", "D1")
 GROUPS = {"pipeline": ("P1", "P2"), "step": ("P3", "P6"), "end_to_end": ("P4", "M1", "P5"),
           "predict": ("P7",), "scale": ("M2",), "demo": ("D1",)}
 """Figures measured together: asking for one runs its whole group."""
+RUN_ORDER = ("pipeline", "predict", "step", "end_to_end", "scale", "demo")
+"""The groups in the order they run: the two on the photo set share its generation."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repetitions is not None:
         sizes = dataclasses.replace(sizes, repetitions=args.repetitions)
     try:
-        document = run(sizes, work_dir=args.work_dir, groups=_groups(args.only), log=_log())
+        document = run(sizes, work_dir=args.work_dir, groups=_groups(args.only), log=_log(),
+                       precision=args.precision)
     except (BenchmarkFailed, TrainjobError) as error:
         print(f"bench: error: {error}", file=sys.stderr, flush=True)
         return 1
@@ -58,40 +65,98 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out, document)
     print(table(document), end="", flush=True)
     print(f"bench: results in {out}", file=sys.stderr, flush=True)
+    print(whole_suite_line(document), file=sys.stderr, flush=True)
     return 0
 
 
 def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
-        log: Callable[[str], None]) -> dict[str, Any]:
-    """Measure the figures of ``groups`` and return the results document."""
+        log: Callable[[str], None], precision: str = "auto") -> dict[str, Any]:
+    """Measure the figures of ``groups`` and return the results document.
+
+    ``precision`` "float32" makes every trainjob training side compute in float32
+    (see ``bench.specs``); "auto" leaves trainjob's own choice.
+    """
     started, clock = time.monotonic(), machine.cpu_clock()
     env = machine.environment()
     work_dir = Path(work_dir).resolve()  # Specs resolve relative paths against their folder.
+    timings: dict[str, dict[str, float | None]] = {}
+    timed = functools.partial(_timed, timings=timings, log=log)
+    photos = shapes = work_dir
+    if {"pipeline", "predict"}.intersection(groups):
+        photos = timed("photo set", lambda: datasets.photo_folder(work_dir, sizes),
+                       f"{sizes.photos} JPEGs of {sizes.photo_size[0]}x{sizes.photo_size[1]}")
+    if {"step", "end_to_end"}.intersection(groups):
+        shapes = timed("sample shapes", lambda: datasets.shapes_folder(work_dir, sizes),
+                       f"{sizes.shapes_per_class} per class, {sizes.train_image_size} px")
+    timed("warm-up", lambda: warm_up({photos, shapes} - {work_dir}, log=work_dir / "logs"
+                                     / "warm-up.log",
+                                     timeout_seconds=sizes.child_timeout_seconds),
+          "imports and data read once, untimed")
+    where = {"work_dir": work_dir, "log": log}
+    measures = {
+        "pipeline": lambda: pipeline.measure(photos, sizes, **where),
+        "predict": lambda: predict_figure.measure(photos, sizes, **where),
+        "step": lambda: step.measure(shapes, sizes, precision=precision, **where),
+        "end_to_end": lambda: end_to_end.measure(shapes, sizes, precision=precision,
+                                                 **where),
+        "scale": lambda: scale.measure(sizes, precision=precision, **where),
+        "demo": lambda: demo_figure.measure(sizes, precision=precision, **where),
+    }
     figures: list[Figure] = []
-    if "pipeline" in groups or "predict" in groups:
-        log(f"photo set: {sizes.photos} JPEGs of {sizes.photo_size[0]}x{sizes.photo_size[1]}")
-        photos = datasets.photo_folder(work_dir, sizes)
-        if "pipeline" in groups:
-            figures += pipeline.measure(photos, sizes, work_dir=work_dir, log=log)
-        if "predict" in groups:
-            figures += predict_figure.measure(photos, sizes, work_dir=work_dir, log=log)
-    if "step" in groups or "end_to_end" in groups:
-        log(f"sample shapes: {sizes.shapes_per_class} per class, {sizes.train_image_size} px")
-        shapes = datasets.shapes_folder(work_dir, sizes)
-        if "step" in groups:
-            figures += step.measure(shapes, sizes, work_dir=work_dir, log=log)
-        if "end_to_end" in groups:
-            figures += end_to_end.measure(shapes, sizes, work_dir=work_dir, log=log)
-    if "scale" in groups:
-        figures += scale.measure(sizes, work_dir=work_dir, log=log)
-    if "demo" in groups:
-        figures += demo_figure.measure(sizes, work_dir=work_dir, log=log)
+    for name in (name for name in RUN_ORDER if name in groups):
+        figures += timed(name, measures[name], ", ".join(GROUPS[name]))
     figures.sort(key=lambda figure: ORDER.index(figure.id))
     env["load_average_after"] = machine.environment()["load_average"]
-    return results(figures, mode=sizes.name, environment=env,
-                   sizes=dataclasses.asdict(sizes), seconds=time.monotonic() - started,
-                   others_cpu_share=machine.others_share(clock, machine.cpu_clock(),
-                                                         cores=env["cpus_available"]))
+    timing = Timing(seconds=time.monotonic() - started, cpu_seconds=_cpu_seconds(),
+                    others_cpu_share=machine.others_share(clock, machine.cpu_clock(),
+                                                          cores=env["cpus_available"]),
+                    groups=timings)
+    return results(figures, mode=sizes.name, precision=precision, environment=env,
+                   sizes=dataclasses.asdict(sizes), timing=timing)
+
+
+def whole_suite_line(document: dict[str, Any]) -> str:
+    """The run's last line: its wall time, each part's, and the CPU time it used.
+
+    The CPU time over the cores bounds what the run would take on an idle machine
+    from below; the wall time under load bounds it from above.
+    """
+    parts = ", ".join(f"{name} {part['seconds']:.0f} s"
+                      for name, part in document.get("groups", {}).items())
+    line = f"bench: whole suite took {document['seconds']:.0f} s" + (f" ({parts})" if parts
+                                                                      else "")
+    cpu, cores = document.get("cpu_seconds"), document["environment"]["cpus_available"]
+    if cpu is not None:
+        line += (f"; its processes used {cpu:,.0f} CPU-seconds ({cpu / cores:,.0f} s on "
+                 f"{cores} idle cores at the least)")
+    share = document.get("others_cpu_share")
+    if share is not None:
+        line += f"; other processes used {share:.0%} of the CPU time"
+    return line
+
+
+def _timed(name: str, work: Callable[[], Any], what: str, *,
+           timings: dict[str, dict[str, float | None]], log: Callable[[str], None]) -> Any:
+    """``work()``, logged with ``what`` and its wall and CPU seconds kept under ``name``."""
+    log(f"{name}: {what}")
+    started, cpu = time.monotonic(), _cpu_seconds()
+    result = work()
+    timings[name] = {"seconds": time.monotonic() - started,
+                     "cpu_seconds": _cpu_seconds() - cpu}
+    log(f"{name}: done in {timings[name]['seconds']:.0f} s, "
+        f"{timings[name]['cpu_seconds']:.0f} CPU-seconds")
+    return result
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and of every child it has waited for.
+
+    Every measured child is waited for (``bench/child.py`` waits for its command,
+    and a launcher for its workers), so between two readings this is the suite's
+    own CPU time, whatever else runs on the machine.
+    """
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _groups(only: str | None) -> list[str]:
@@ -128,6 +193,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated figures, e.g. P1,P4 (their whole group runs)")
     parser.add_argument("--repetitions", type=_positive, metavar="N",
                         help="timed repetitions per figure (default: 3, quick: 1)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): trainjob's own choice, bfloat16 where the CPU "
+                             "has it; float32: every trainjob training side, the demo and "
+                             "P6's peak in float32, as on a CPU without bfloat16")
     parser.add_argument("--out", type=Path,
                         help="results file (default: bench/results.json; with --quick, "
                              "results-quick.json in the work folder)")

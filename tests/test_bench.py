@@ -12,47 +12,61 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench import scale, suite
 from bench.measure import BenchmarkFailed, run_child
-from bench.report import Figure, Target, results, table
+from bench.report import Figure, Target, Timing, results, table
 from bench.sizes import FULL, QUICK
-from bench.specs import VAL_SPLIT
+from bench.specs import VAL_SPLIT, mixed_precision_setting, prepare_runs
 from job import demo, sample_data
+from job import spec as spec_module
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 
 
 @pytest.mark.slow
-def test_quick_run_reports_every_figure_with_numbers_and_versions(tmp_path):
+def test_quick_run_in_float32_reports_every_figure_with_numbers_and_versions(tmp_path):
+    """The smoke run, with --precision float32 (the default, auto, is trainjob's own choice:
+    the same code with the spec key left out, which the spec and parser tests cover)."""
     out = tmp_path / "results.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out),
+        [sys.executable, "-m", "bench", "--quick", "--precision", "float32", "--out", str(out),
          "--work-dir", str(tmp_path / "work")],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     document = json.loads(out.read_text())
-    assert document["mode"] == "quick"
+    assert (document["mode"], document["precision"]) == ("quick", "float32")
     figures = {row["id"]: row for row in document["figures"]}
     assert list(figures) == list(suite.ORDER)
     for row in figures.values():
         for key in ("trainjob", "reference", "ratio"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (row["id"], key)
         assert row["trainjob_samples"] and row["reference_samples"], row["id"]
+        assert len(row["round_ratios"]) == len(row["trainjob_samples"]), row["id"]
         assert isinstance(row["passed"], bool)
         assert f"| {row['id']} |" in completed.stdout
+    trained = ("P3", "P4", "P5", "P6", "P7", "M1", "M2")
+    assert [figures[id]["precision"] for id in trained] == ["float32"] * len(trained)
+    assert figures["P1"]["precision"] is None  # no model: the input pipeline only
+    assert (figures["D1"]["precision"] == "float32"
+            or "bfloat16 could not be hidden" in figures["D1"]["details"]["note"])
+    assert "float32_samples" not in figures["P3"]["details"]  # no second float32 side
     for key in ("trainjob_val_accuracy", "reference_val_accuracy"):
         assert 0.0 <= figures["P4"]["details"][key] <= 1.0
     scale_run = figures["M2"]["details"]
     assert scale_run["decoded_mib"]["large"] >= 8 * scale_run["cache_memory_mb"]
     assert scale_run["decoded_mib"]["fits"] <= scale_run["cache_memory_mb"]
     demo_run = figures["D1"]["details"]
-    assert demo_run["native_epochs"][0] >= demo.MIN_EPOCHS
-    assert demo_run["native_estimate_seconds"][0] > 0
-    assert 0.0 <= demo_run["native_test_accuracy"][0] <= 1.0
-    assert f"* D1: in {demo_run['native_precision']}: " in completed.stdout
+    side = demo_run["side"]
+    assert demo_run[f"{side}_epochs"][0] >= demo.MIN_EPOCHS
+    assert demo_run[f"{side}_estimate_seconds"][0] > 0
+    assert 0.0 <= demo_run[f"{side}_test_accuracy"][0] <= 1.0
+    assert "* D1: in float32" in completed.stdout
+    assert set(document["groups"]) >= set(suite.GROUPS)
+    assert "bench: whole suite took " in completed.stderr.splitlines()[-1]
     env = document["environment"]
     for package in ("tensorflow", "keras", "pillow"):
         assert isinstance(env[package], str) and env[package][0].isdigit(), package
@@ -86,6 +100,16 @@ def test_child_over_its_time_limit_is_stopped_and_reported(tmp_path):
                   log=tmp_path / "slow.log", timeout_seconds=1)
 
 
+ENVIRONMENT = {"tensorflow": "2", "keras": "3", "pillow": "1", "numpy": "2", "python": "3",
+               "cpu_count": 2, "cpus_available": 2}
+
+
+def document_of(figures, *, precision="auto", others_cpu_share=0.0):
+    return results(figures, mode="full", precision=precision, environment=ENVIRONMENT,
+                   sizes={}, timing=Timing(seconds=1.0, cpu_seconds=1.5,
+                                           others_cpu_share=others_cpu_share))
+
+
 def test_table_marks_a_missed_target_and_shows_medians():
     faster = Figure.of("P1", title="first epoch", unit="images/s", reference_name="keras",
                        target=Target(at_least=True, value=2.0), trainjob=[300, 100, 200],
@@ -93,31 +117,108 @@ def test_table_marks_a_missed_target_and_shows_medians():
     slower = Figure.of("P4", title="end to end", unit="s", reference_name="keras",
                        target=Target(at_least=False, value=0.7), trainjob=[9.0],
                        reference=[10.0])
-    document = results([faster, slower], mode="full",
-                       environment={"tensorflow": "2", "keras": "3", "pillow": "1", "numpy": "2",
-                                    "python": "3", "cpu_count": 2, "cpus_available": 2},
-                       sizes={}, seconds=1.0, others_cpu_share=0.5)
+    document = document_of([faster, slower], others_cpu_share=0.5)
     rows = table(document).splitlines()
     assert rows[2].startswith("| P1 |") and "| 200 images/s |" in rows[2]
-    assert "| 2.00x | ≥ 2.00x | yes |" in rows[2]
-    assert "| 0.90x | ≤ 0.70x | **no** |" in rows[3]
+    assert "| 2.00x | 1.00–3.00x | ≥ 2.00x | yes |" in rows[2]
+    assert "| 0.90x | 0.90x (one round) | ≤ 0.70x | **no** |" in rows[3]
     assert "other processes used 50% of the CPU time" in table(document)
+
+
+def test_every_ratio_keeps_its_rounds_spread_in_the_results():
+    """Each round's own trainjob / reference, paired round by round; a fixed reference
+    (D1's budget) divides every round."""
+    paired = Figure.of("P3", title="step", unit="images/s", reference_name="fit",
+                       target=Target(at_least=True, value=1.0), trainjob=[120, 90, 100],
+                       reference=[100, 100, 80])
+    budget = Figure.of("D1", title="demo", unit="s", reference_name="budget",
+                       target=Target(at_least=False, value=1.0), trainjob=[30.0, 60.0],
+                       reference=[120.0])
+
+    rows = {row["id"]: row for row in document_of([paired, budget])["figures"]}
+
+    assert rows["P3"]["round_ratios"] == pytest.approx([1.2, 0.9, 1.25])
+    assert rows["P3"]["spread"] == pytest.approx([0.9, 1.25])
+    assert rows["P3"]["ratio"] == pytest.approx(1.0)  # the ratio of the medians
+    assert rows["D1"]["round_ratios"] == pytest.approx([0.25, 0.5])
+
+
+def test_table_and_results_say_which_precision_each_figure_used():
+    trained = Figure.of("P3", title="step", unit="images/s", reference_name="fit",
+                        target=Target(at_least=True, value=1.0), trainjob=[1.0],
+                        reference=[1.0], precision="mixed_bfloat16")
+    no_model = Figure.of("P1", title="input", unit="images/s", reference_name="keras",
+                         target=Target(at_least=True, value=1.0), trainjob=[1.0],
+                         reference=[1.0])
+    document = document_of([no_model, trained], precision="float32")
+
+    lines = table(document).splitlines()
+
+    assert document["precision"] == "float32"
+    assert [row["precision"] for row in document["figures"]] == [None, "mixed_bfloat16"]
+    assert lines[0].startswith("| # | Figure | Precision |")
+    assert lines[2].startswith("| P1 | input | – |")
+    assert lines[3].startswith("| P3 | step | bfloat16 |")
+    assert "with --precision float32" in lines[-1]
 
 
 def test_table_prints_each_figures_note_under_the_machine_line():
     figure = Figure.of("D1", title="demo", unit="s", reference_name="budget",
                        target=Target(at_least=False, value=1.0), trainjob=[40.0],
                        reference=[120.0], note="float32 path: 50 s")
-    document = results([figure], mode="full",
-                       environment={"tensorflow": "2", "keras": "3", "pillow": "1", "numpy": "2",
-                                    "python": "3", "cpu_count": 2, "cpus_available": 2},
-                       sizes={}, seconds=1.0, others_cpu_share=0.0)
 
-    lines = table(document).splitlines()
+    lines = table(document_of([figure])).splitlines()
 
-    assert lines[2].startswith("| D1 |") and "| 0.33x | ≤ 1.00x | yes |" in lines[2]
+    assert lines[2].startswith("| D1 |") and "| 0.33x | 0.33x (one round) | ≤ 1.00x | yes |" \
+        in lines[2]
     assert lines[-1] == "* D1: float32 path: 50 s"
     assert lines[-3].startswith("full run of")
+
+
+def test_last_line_gives_the_whole_suites_wall_time_its_parts_and_its_cpu_time():
+    document = {"seconds": 600.4, "cpu_seconds": 900.0, "others_cpu_share": 0.25,
+                "environment": {"cpus_available": 2},
+                "groups": {"step": {"seconds": 100.0, "cpu_seconds": 150.0}}}
+
+    line = suite.whole_suite_line(document)
+
+    assert line == ("bench: whole suite took 600 s (step 100 s); its processes used 900 "
+                    "CPU-seconds (450 s on 2 idle cores at the least); other processes used "
+                    "25% of the CPU time")
+
+
+def test_precision_is_auto_unless_float32_is_asked_for_quick_or_not():
+    assert suite._parser().parse_args([]).precision == "auto"
+    assert suite._parser().parse_args(["--quick", "--precision", "float32"]).precision \
+        == "float32"
+    with pytest.raises(SystemExit):
+        suite._parser().parse_args(["--precision", "bfloat16"])
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("auto", None), ("float32", False)])
+def test_float32_turns_mixed_precision_off_in_every_training_spec(tmp_path, precision,
+                                                                  expected):
+    """auto leaves trainjob's own default; float32 writes mixed_precision: false."""
+    _, path = prepare_runs(tmp_path / "train", FULL, work_dir=tmp_path, kind="e2e", epochs=1,
+                           mixed_precision=mixed_precision_setting(precision))
+
+    written = yaml.safe_load(path.read_text())["train"]
+
+    assert written.get("mixed_precision") == expected
+    assert spec_module.load(path).train.mixed_precision == (
+        "auto" if expected is None else False)
+
+
+def test_make_bench_passes_its_precision_through():
+    for target, flag in (("bench", "-m bench --precision float32"),
+                         ("bench-smoke", "-m bench --quick --precision float32")):
+        shown = subprocess.run(["make", "-n", "-o", ".venv/.installed", target,
+                                "PRECISION=float32"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout
+        assert flag in shown, shown
+    shown = subprocess.run(["make", "-n", "-o", ".venv/.installed", "bench"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    assert "-m bench --precision auto" in shown
 
 
 def test_the_float32_side_hides_bfloat16_from_trainjob_alone(tmp_path):
