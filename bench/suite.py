@@ -50,9 +50,7 @@ RUN_ORDER = ("pipeline", "predict", "step", "end_to_end", "scale", "demo")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before anything imports TensorFlow.
-    sizes = QUICK if args.quick else FULL
-    if args.repetitions is not None:
-        sizes = dataclasses.replace(sizes, repetitions=args.repetitions)
+    sizes = sizes_of(args)
     try:
         document = run(sizes, work_dir=args.work_dir, groups=_groups(args.only), log=_log(),
                        precision=args.precision)
@@ -113,6 +111,16 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
                     groups=timings)
     return results(figures, mode=sizes.name, precision=precision, environment=env,
                    sizes=dataclasses.asdict(sizes), timing=timing)
+
+
+def sizes_of(args: argparse.Namespace) -> Sizes:
+    """The preset the arguments ask for; ``--repetitions`` sets D1's runs too (the demo
+    is the longest figure)."""
+    sizes = QUICK if args.quick else FULL
+    if args.repetitions is not None:
+        sizes = dataclasses.replace(sizes, repetitions=args.repetitions,
+                                    demo_rounds=args.repetitions)
+    return sizes
 
 
 def whole_suite_line(document: dict[str, Any]) -> str:
@@ -192,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", metavar="IDS",
                         help="comma-separated figures, e.g. P1,P4 (their whole group runs)")
     parser.add_argument("--repetitions", type=_positive, metavar="N",
-                        help="timed repetitions per figure (default: 3, quick: 1)")
+                        help="timed rounds per figure, D1's demo runs too (default: 3, "
+                             "D1 2; quick: 1)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): trainjob's own choice, bfloat16 where the CPU "
                              "has it; float32: every trainjob training side, the demo and "

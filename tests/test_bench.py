@@ -195,6 +195,14 @@ def test_precision_is_auto_unless_float32_is_asked_for_quick_or_not():
         suite._parser().parse_args(["--precision", "bfloat16"])
 
 
+def test_repetitions_set_every_figures_rounds_the_demos_included():
+    assert (FULL.repetitions, FULL.demo_rounds, QUICK.repetitions, QUICK.demo_rounds) \
+        == (3, 2, 1, 1)
+    one = suite.sizes_of(suite._parser().parse_args(["--repetitions", "1"]))
+    assert (one.name, one.repetitions, one.demo_rounds) == ("full", 1, 1)
+    assert suite.sizes_of(suite._parser().parse_args(["--quick"])) == QUICK
+
+
 @pytest.mark.parametrize(("precision", "expected"), [("auto", None), ("float32", False)])
 def test_float32_turns_mixed_precision_off_in_every_training_spec(tmp_path, precision,
                                                                   expected):
