@@ -153,6 +153,10 @@ class RunFailed(TrainjobError):
     exit_code = EXIT_FAILED
 
 
+class Diverged(RunFailed):
+    """The loss became NaN or infinite: a restart would diverge again (exit 1)."""
+
+
 class ClusterError(TrainjobError):
     """The Kubernetes API refused a request (forbidden, not found, unauthorized, ...)."""
 

@@ -46,6 +46,10 @@ IGNORED_KEYS = (
 )
 """Dotted keys (or whole sections) that never change the trained weights."""
 
+LEFT_OUT_WHEN_NULL = ("model.fine_tune",)
+"""Sections that are off when null and were added after fingerprints were first written:
+null leaves them out, so a run recorded before the key existed is still the same run."""
+
 MAX_NAMED = 3
 """Differences named in one line; the rest are counted."""
 
@@ -110,7 +114,7 @@ def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, item in value.items():
         dotted = f"{prefix}{key}"
-        if dotted in IGNORED_KEYS:
+        if dotted in IGNORED_KEYS or (item is None and dotted in LEFT_OUT_WHEN_NULL):
             continue
         if isinstance(item, Mapping) and item and not dotted.endswith("node_selector"):
             flat.update(_flatten(item, f"{dotted}."))

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from job import names, spec_cluster, spec_yaml
+from job import names, spec_cluster, spec_fine_tune, spec_yaml
 from job import overrides as overrides_module
 from job.errors import SpecError
+from job.spec_fine_tune import FineTuneSpec
 from job.spec_yaml import Reader
 
 _QUANTITY = spec_cluster.QUANTITY
@@ -109,6 +110,12 @@ class ModelSpec:
     """Dropout before the classifier head: a mild regulariser that rarely hurts."""
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     """Augmentation; by default only a horizontal flip (see AugmentSpec)."""
+    fine_tune: FineTuneSpec | None = None
+    """None: every layer trains from the first step. Off by default: it needs pretrained
+    weights worth keeping (job.spec_fine_tune, where its keys and checks are)."""
+    fine_tune: FineTuneSpec | None = None
+    """None: every layer trains from the first step. Off by default: it needs pretrained
+    weights (model.weights) worth keeping, which a backbone trained from scratch has not."""
 
 
 BACKBONES: tuple[str, ...] = get_args(get_type_hints(ModelSpec)["backbone"])
@@ -364,7 +371,8 @@ def _model(r: Reader, d: dict) -> ModelSpec:
                "small_cnn (ImageNet weights exist for the keras.applications backbones)",
                "set model.backbone to " + ", ".join(b for b in BACKBONES if b != "small_cnn"))
     weights = IMAGENET if imagenet else r.path(d, "model.weights")
-    return r.build(ModelSpec, d, "model", given={"weights": weights})
+    return r.build(ModelSpec, d, "model", given={"weights": weights},
+                   readers={"fine_tune": spec_fine_tune.read})
 
 
 def _cluster(r: Reader, d: dict) -> ClusterSpec:
@@ -441,6 +449,8 @@ def _volume(r: Reader, d: dict, key: str) -> VolumeSpec | None:
 def _cross_checks(r: Reader, spec: Spec) -> None:
     check_worker_count(spec, spec.cluster.workers, unit="cluster.workers", source=r.source)
     spec_cluster.check_shm_size(r, shm_size=spec.cluster.shm_size, memory=spec.cluster.memory)
+    spec_fine_tune.check(r, spec.model.fine_tune, backbone=spec.model.backbone,
+                         weights=spec.model.weights, epochs=spec.train.epochs)
     if spec.data.val_dir is None and spec.data.val_split <= 0:
         r.fail("data.val_split", spec.data.val_split,
                "a fraction above 0 when data.val_dir is null (validation runs every epoch)",

@@ -30,7 +30,7 @@ import numpy as np
 
 from job import cluster as cluster_module
 from job import spec as spec_module
-from job.errors import EXIT_OK, RetryableError, RunFailed
+from job.errors import EXIT_OK, Diverged, RetryableError
 from job.preemption import Preempted, PreemptionFlag
 from job.progress import Lines
 from job.spec import Spec
@@ -41,14 +41,11 @@ if TYPE_CHECKING:
     from job.cluster import Cluster
     from job.data import Decoded, Splits
     from job.distributed import EvalResult, Plan, StepStats
+    from job.fine_tune import Phases
     from job.precision import Choice
     from job.reporter import Reporter
     from job.run_dir import RunDir
     from job.selection import Selection
-
-
-class Diverged(RunFailed):
-    """The loss became NaN or infinite: a restart would diverge again (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +136,9 @@ class _Started:
 class _Loop:
     """What the epoch loop drives: compiled steps, checkpoints, and the reporter."""
 
-    train_steps: Callable[[Any, int, bool], StepStats]
-    """(iterator, num_steps, preempted) -> the steps' statistics over every replica."""
+    train_steps: Phases
+    """(iterator, num_steps, preempted) -> the steps' statistics over every replica; compiled
+    again for each phase of a fine-tune (``enter(epoch)``)."""
     evaluate: Callable[..., EvalResult]
     """(split name, confusion=) -> its figures over the whole split, across every worker."""
     sync_statistics: Callable[[], None]
@@ -177,6 +175,7 @@ def _train(ctx: _Context) -> Result:
     loop.iterator = _train_iterator(ctx, started, start_step=start_step)
     try:
         trained = _train_epochs(ctx, started.plan, loop=loop, start_step=start_step)
+        loop.train_steps.finish()  # Every layer trainable again, as built, for export.
     except distributed.PEER_ERRORS as error:
         if not ctx.cluster.is_multi_worker:
             raise
@@ -278,7 +277,7 @@ def _build(ctx: _Context, started: _Started) -> tuple[Any, _Loop]:
     import keras
     import tensorflow as tf
 
-    from job import distributed
+    from job import distributed, fine_tune
     from job.reporter import Reporter
     from job.run_dir import CHECKPOINT_NAME
     from job.selection import Selection
@@ -292,8 +291,9 @@ def _build(ctx: _Context, started: _Started) -> tuple[Any, _Loop]:
     with strategy.scope():
         model = _build_model(ctx, weights=spec.model.weights)
         optimizer = distributed.make_optimizer(spec)
-        optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        train_steps = fine_tune.Phases(spec, strategy=strategy, model=model,
+                                       optimizer=optimizer, loss_fn=loss_fn)  # Builds it.
         # Dropout and augmentation draw from SeedGenerator states, which a checkpoint of
         # the model alone misses: without them a resumed run draws other random masks.
         weights = {id(v) for v in model.weights}
@@ -302,8 +302,7 @@ def _build(ctx: _Context, started: _Started) -> tuple[Any, _Loop]:
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
                                      random_states=random_states, **selection.trackables())
     return model, _Loop(
-        train_steps=distributed.make_train_steps(strategy, model, optimizer, loss_fn,
-                                                 global_batch=spec.train.global_batch_size),
+        train_steps=train_steps,
         evaluate=_evaluator(ctx, started, distributed.make_evaluator(strategy, model, loss_fn)),
         sync_statistics=distributed.make_statistics_sync(strategy, model),
         checkpoint=checkpoint, step=step,
@@ -367,6 +366,7 @@ def _train_epochs(ctx: _Context, plan: Plan, *, loop: _Loop, start_step: int) ->
     for epoch in range(start_step // plan.steps_per_epoch, ctx.spec.train.epochs):
         if loop.selection.should_stop:
             break  # Restarted after an early stop: it stays stopped.
+        loop.train_steps.enter(epoch, log=loop.reporter.line)  # Its phase of a fine-tune.
         first_step, began = step, time.perf_counter()
         step, stats = _train_epoch(ctx, plan, loop=loop, epoch=epoch, step=step)
         epoch_seconds = time.perf_counter() - began

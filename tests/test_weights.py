@@ -542,18 +542,21 @@ def small_shapes(tmp_path_factory) -> Path:
                                 test_per_class=0, image_size=32)
 
 
-def test_vgg16_transfer_example_trains_one_step_from_provisioned_weights(
+def test_vgg16_transfer_example_fine_tunes_its_top_block_from_provisioned_weights(
         tmp_path, notop_files, small_shapes):
     import keras
 
     weights_file = notop_files("vgg16")  # ~59 MB, Keras's VGG16 notop shapes
     example = yaml.safe_load(EXAMPLE.read_text())
     assert example["model"]["backbone"] == "vgg16" and example["model"]["weights"] == "imagenet"
-    # The example as written, on the small data at 32 px, for one step of the whole set.
+    assert example["model"]["fine_tune"]["unfreeze"] == 5  # VGG16's top block
+    # The example as written, on the small data at 32 px, for one step of the whole set in
+    # each phase: the head alone, then the top block too.
     example["data"].update(train_dir=str(small_shapes / "train"), test_dir=None,
                            image_size=[32, 32], val_split=0.25, decode_workers=1)
     example["model"].update(weights_dir=str(weights_file.parent), allow_download=False)
-    example["train"].update(epochs=1, global_batch_size=24)
+    example["model"]["fine_tune"]["head_epochs"] = 1
+    example["train"].update(epochs=2, global_batch_size=24)
     example["output"]["dir"] = str(tmp_path)
     path = tmp_path / "vgg16-transfer.yaml"
     path.write_text(yaml.safe_dump(example))
@@ -562,12 +565,20 @@ def test_vgg16_transfer_example_trains_one_step_from_provisioned_weights(
 
     assert code == 0, err
     run_dir = tmp_path / "example"
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2
+    assert "fine-tuning: unfroze 5 layers of vgg16 from epoch 2, learning rate 1e-05" in out
     trained = keras.models.load_model(run_dir / "model.h5", compile=False)
     start = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     start.load_weights(weights_file)
-    kernel = trained.get_layer("vgg16").get_layer("block1_conv1").kernel.numpy()
-    # One step at learning rate 1e-4 moves each weight by about 1e-4: the run began at the file.
-    np.testing.assert_allclose(kernel, start.get_layer("block1_conv1").kernel.numpy(),
-                               atol=1e-3)
+
+    def kernel(model, name):
+        return model.get_layer(name).kernel.numpy()
+
+    vgg16 = trained.get_layer("vgg16")
+    # Below the top block, the file's weights as they were; the top block moved, by about
+    # the fine-tuning rate (1e-5) in its one step.
+    for name in ("block1_conv1", "block4_conv3"):
+        np.testing.assert_array_equal(kernel(vgg16, name), kernel(start, name))
+    moved = np.abs(kernel(vgg16, "block5_conv3") - kernel(start, "block5_conv3"))
+    assert 0 < moved.max() < 1e-4
     assert trained.input_shape == (None, 32, 32, 3)
