@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from job import fingerprint
 from job import spec as spec_module
@@ -259,11 +258,12 @@ def test_fine_tune_keys_decide_the_run_and_a_run_without_them_keeps_its_fingerpr
         "model.fine_tune.learning_rate"}
 
 
-def test_the_spec_example_reads_back(tmp_path):
-    example = write_spec(tmp_path, yaml.safe_load(yaml.safe_dump({
-        "name": "x", "data": {"train_dir": "d"},
-        "model": {"backbone": "vgg16", "weights": "imagenet", "fine_tune": {}}})))
-    fine_tune = spec_module.load(example).model.fine_tune
+def test_an_empty_fine_tune_section_takes_the_guide_defaults(tmp_path):
+    path = write_spec(tmp_path, {"name": "x", "data": {"train_dir": "d"},
+                                 "model": {"backbone": "vgg16", "weights": "imagenet",
+                                           "fine_tune": {}}})
+    fine_tune = spec_module.load(path).model.fine_tune
+
     assert (fine_tune.head_epochs, fine_tune.unfreeze, fine_tune.learning_rate) == (1, "all", None)
     assert fine_tune.phase_two_learning_rate(1e-3) == pytest.approx(1e-5)
 
