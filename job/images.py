@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
+import itertools
 import os
 import threading
 import warnings
@@ -96,8 +96,6 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 
 IN_PROCESS_BELOW = 16
 """Images: fewer than this are decoded in the calling thread alone."""
-TASKS_PER_WORKER = 8
-"""Chunks per decoder thread, so a slow chunk does not leave the others idle."""
 WAIT_SLICE_SECONDS = 0.2
 """Longest the calling thread blocks at a time on decoder threads: Ctrl-C acts within it."""
 
@@ -235,10 +233,11 @@ def decode_many(paths: Sequence[str | os.PathLike[str]], *, size: tuple[int, int
     workers = workers or available_cpus()
     decode_one = functools.partial(decode, size=(height, width), color_mode=color_mode,
                                    max_pixels=max_pixels)
+    reasons: list[str | None] = [None] * len(names)
     if workers == 1 or len(names) < IN_PROCESS_BELOW:
-        reasons = _decode_into(pixels, names, decode_one=decode_one)
+        _decode_into(pixels, names, reasons, decode_one=decode_one, rows=itertools.count())
     else:
-        reasons = _decode_in_threads(pixels, names, decode_one=decode_one, workers=workers)
+        _decode_in_threads(pixels, names, reasons, decode_one=decode_one, workers=workers)
     return _compact(pixels, names, reasons)
 
 
@@ -431,21 +430,22 @@ def _webp_truncated(path: str | os.PathLike[str]) -> bool:
 # --- many files ----------------------------------------------------------------------
 
 
-def _decode_into(pixels: np.ndarray, paths: Sequence[str], *,
-                 decode_one: Callable[[str], np.ndarray],
-                 stop: threading.Event | None = None) -> list[str | None]:
-    """Decode ``paths`` into ``pixels`` row by row: reasons, None when decoded; ``_Stopped``
-    once ``stop`` is set or decoding is ``aborting`` (checked before each image)."""
-    reasons: list[str | None] = []
-    for row, path in enumerate(paths):
+def _decode_into(pixels: np.ndarray, paths: Sequence[str], reasons: list[str | None], *,
+                 decode_one: Callable[[str], np.ndarray], rows: Iterator[int],
+                 stop: threading.Event | None = None) -> None:
+    """Decode the rows that ``rows`` hands out into ``pixels`` until none are left,
+    setting ``reasons[row]`` for a bad file; ``_Stopped`` once ``stop`` is set or
+    decoding is ``aborting`` (checked before each image). Threads share one ``rows``,
+    so each takes the next image when it is free, and they finish together."""
+    for row in rows:
+        if row >= len(paths):
+            return
         if (stop is not None and stop.is_set()) or _ABORT.is_set():
             raise _Stopped
         try:
-            pixels[row] = decode_one(path)
-            reasons.append(None)
+            pixels[row] = decode_one(paths[row])
         except UnreadableImage as error:
-            reasons.append(error.reason)
-    return reasons
+            reasons[row] = error.reason
 
 
 class _Stopped(Exception):
@@ -472,29 +472,21 @@ def aborting() -> Iterator[None]:
         _ABORT.clear()
 
 
-def _decode_in_threads(pixels: np.ndarray, paths: list[str], *,
-                       decode_one: Callable[[str], np.ndarray], workers: int) -> list[str | None]:
-    chunk = max(1, math.ceil(len(paths) / (workers * TASKS_PER_WORKER)))
-    reasons: list[str | None] = [None] * len(paths)
-    stop = threading.Event()
-
-    def decode_chunk(start: int) -> None:
-        end = min(start + chunk, len(paths))
-        reasons[start:end] = _decode_into(pixels[start:end], paths[start:end],
-                                          decode_one=decode_one, stop=stop)
-
+def _decode_in_threads(pixels: np.ndarray, paths: list[str], reasons: list[str | None], *,
+                       decode_one: Callable[[str], np.ndarray], workers: int) -> None:
+    rows, stop = itertools.count(), threading.Event()  # next(rows) is atomic under the GIL
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     try:
-        pending = {pool.submit(decode_chunk, start) for start in range(0, len(paths), chunk)}
+        pending = {pool.submit(_decode_into, pixels, paths, reasons, decode_one=decode_one,
+                               rows=rows, stop=stop) for _ in range(workers)}
         while pending:  # in short slices, so that Ctrl-C reaches this thread at once
             done, pending = wait(pending, timeout=WAIT_SLICE_SECONDS, return_when=FIRST_EXCEPTION)
             for future in done:
                 future.result()  # raises what a decoder thread raised
     except BaseException:
-        # Ctrl-C or a bug: drop queued chunks, and stop running ones after the image in
-        # hand (at most max_pixels) instead of waiting for most of a shard to decode.
+        # Ctrl-C or a bug: every thread stops after the image in hand (at most max_pixels)
+        # instead of going on through the shard.
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    return reasons
