@@ -19,6 +19,13 @@ the target needs (the smallest still at least the target size: 1/2 here) with
 no resize, and at the smallest scale (1/8, 64x48, below the target), which is
 little more than the entropy (Huffman) decoding that no JPEG decoder can skip.
 P1 can never exceed the first over Keras's figure. Both are in P1's details.
+
+Both trainjob's first epoch and the ceiling also count the CPU time they used
+(every thread of the process). Where other programs share the cores, a process
+gets less than the cores the ceiling multiplies by, and P1's share of the
+ceiling in wall time falls with the load; its share in CPU time does not, and
+it is what the wall share would be on idle cores if trainjob's threads kept
+every core busy.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,8 @@ class TwoEpochs:
 
     first: float
     later: float
+    first_cpu: float = 0.0
+    """The first epoch's images per CPU-second, counting every thread of the process."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class Ceilings:
     """The smallest DCT scale still at least the target size (what trainjob decodes at)."""
     smallest_scale: float
     """1/8, below the target: little more than entropy decoding."""
+    target_scale_cpu: float = 0.0
+    """``target_scale`` per CPU-second rather than per second."""
 
 
 def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
@@ -81,7 +93,8 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
     keras_first = median([r.first for r in theirs])
     cores = available_cpus()
     floors = {name: median([r[name] for r in runs["floor"]]) * cores
-              for name in (field.name for field in dataclasses.fields(Ceilings))}
+              for name in ("target_scale", "smallest_scale")}
+    ceiling_cpu = median([r["target_scale_cpu"] for r in runs["floor"]])
     where = {"images": sizes.photos, "photo_size": list(sizes.photo_size),
              "decoded_to": [height, width], "batch_size": sizes.batch_size}
     return [
@@ -94,7 +107,9 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
                   floor_target_scale_images_per_second=floors["target_scale"],
                   floor_target_scale_ratio=floors["target_scale"] / keras_first,
                   floor_smallest_scale_images_per_second=floors["smallest_scale"],
-                  floor_smallest_scale_ratio=floors["smallest_scale"] / keras_first),
+                  floor_smallest_scale_ratio=floors["smallest_scale"] / keras_first,
+                  share_of_ceiling=median([r.first for r in ours]) / floors["target_scale"],
+                  share_of_ceiling_cpu=median([r.first_cpu for r in ours]) / ceiling_cpu),
         Figure.of("P2", title="Input pipeline, later epochs", unit="images/s",
                   reference_name="the same Keras dataset, second epoch", target=P2_TARGET,
                   trainjob=[r.later for r in ours], reference=[r.later for r in theirs],
@@ -120,9 +135,12 @@ def trainjob_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int)
                                               num_batches=2 * steps, seed=0, worker=0))
         return batches, steps, _count(batches, steps)
 
+    cpu_started = time.process_time()
     (batches, steps, first_images), first_seconds = timed(first_epoch)
+    first_cpu = time.process_time() - cpu_started
     later_images, later_seconds = timed(lambda: _count(batches, steps))
-    return TwoEpochs(first_images / first_seconds, later_images / later_seconds)
+    return TwoEpochs(first_images / first_seconds, later_images / later_seconds,
+                     first_cpu=first_images / first_cpu)
 
 
 def keras_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> TwoEpochs:
@@ -148,15 +166,20 @@ def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
     paths = data.list_images(folder, key="data.train_dir").paths
     height, width = image_size
 
-    def rate(draft_size: tuple[int, int]) -> float:
+    def rates(draft_size: tuple[int, int]) -> tuple[float, float]:
+        """Images per second and per CPU-second."""
         def decode_all() -> None:
             for path in paths:
                 with Image.open(path, formats=["JPEG"]) as image:
                     image.draft("RGB", draft_size)
                     image.load()
-        return len(paths) / timed(decode_all)[1]
+        cpu_started = time.process_time()
+        seconds = timed(decode_all)[1]
+        return len(paths) / seconds, len(paths) / (time.process_time() - cpu_started)
 
-    return Ceilings(target_scale=rate((width, height)), smallest_scale=rate((1, 1)))
+    target, target_cpu = rates((width, height))
+    return Ceilings(target_scale=target, smallest_scale=rates((1, 1))[0],
+                    target_scale_cpu=target_cpu)
 
 
 def _count(batches: Iterable, limit: int | None) -> int:
