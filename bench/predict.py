@@ -59,8 +59,8 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
         return one_pass
 
     runs = alternate({"trainjob": side("trainjob"), "keras": side("keras")},
-                     repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
-                     label="P7 predict")
+                     repetitions=sizes.predict_repetitions, warmups=sizes.warmups,
+                     log=log, label="P7 predict")
     return [Figure.of(
         "P7", title="Predict a folder (load + list + decode + predict)", unit="images/s",
         reference_name="image_dataset_from_directory(shuffle=False) + model.predict",

@@ -64,7 +64,7 @@ def images_per_class(*, cache_mb: int, image_size: int, factor: float, classes: 
 
 def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
             precision: str = "auto") -> list[Figure]:
-    """M2 from ``warmups + repetitions`` rounds of the large run and the one that fits.
+    """M2 from ``warmups + scale_repetitions`` rounds of the large run and the one that fits.
 
     ``precision``: the suite's ``--precision`` (``bench.specs.PRECISIONS``).
     """
@@ -73,7 +73,7 @@ def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
                for name in ("large", "fits")}
     runs = alternate({f"{SCALE_FACTOR}x the cache": lambda: _run(runners["large"], disk=True),
                       "fits in the cache": lambda: _run(runners["fits"], disk=False)},
-                     repetitions=sizes.repetitions, warmups=sizes.warmups, log=log,
+                     repetitions=sizes.scale_repetitions, warmups=sizes.warmups, log=log,
                      label="M2 scale")
     large, fits = runs[f"{SCALE_FACTOR}x the cache"], runs["fits in the cache"]
     return [_figure(large, fits, sizes)]

@@ -40,6 +40,12 @@ class Sizes:
     repetitions: int = 3
     """Timed repetitions (rounds) per figure; the figure is their median, and the table
     shows the lowest and highest of the rounds' own ratios beside it."""
+    predict_repetitions: int = 2
+    """Rounds of P7: each pass predicts 2,000 photos at 128x128 (about 13 s of compute on 2
+    cores, the same model on both sides), so three rounds were a quarter of the suite."""
+    scale_repetitions: int = 2
+    """Rounds of M2: peak memory barely moves between runs (its rounds stayed within
+    0.99-1.07x in every run measured), and each round is two training processes."""
     warmups: int = 0
     """Untimed rounds before the repetitions. None: every side runs in a fresh process
     (it traces its own first call whatever ran before), and the suite's one warm-up
@@ -70,5 +76,6 @@ FULL = Sizes(name="full")
 QUICK = Sizes(name="quick", photos=64, shapes_per_class=10, train_image_size=32, batch_size=8,
               step_epochs=2, run_epochs=2, repetitions=1, warmups=0, matmul_size=256,
               matmul_repetitions=1, child_timeout_seconds=180.0, demo_rounds=1,
+              predict_repetitions=1, scale_repetitions=1,
               demo_float32_side=False, scale_cache_mb=1)
 """Smoke mode: every code path once on tiny data, about a minute."""

@@ -15,7 +15,9 @@ Keras's float32 default, what a user gets without changing anything. A third
 side, trainjob with ``mixed_precision: false``, is measured in the same rounds
 and kept in P3's details (and note), so the loop's own gain stays visible. With
 the suite's ``--precision float32`` trainjob's side itself trains with
-``mixed_precision: false`` and the third side, the same run again, is left out.
+``mixed_precision: false`` and the third side, the same run again, is left out,
+as it is on a CPU without bfloat16 (the suite measures CPUs: a GPU's own mixed
+precision is not looked for).
 P6: training FLOPs per image counted from the model's layer shapes, times P3's
 images per second, over the median of timed large ``tf.matmul`` calls made in
 the same process right after training, in the dtype the training computed in
@@ -36,6 +38,8 @@ from bench.measure import alternate, median, run_module, timed
 from bench.report import Figure, Target, write_json
 from bench.sizes import Sizes
 from bench.specs import mixed_precision_setting, prepare_runs
+from job import machine
+from job.precision import CPU_BF16_FLAGS
 
 P3_TARGET = Target(at_least=True, value=1.0)
 P6_TARGET = Target(at_least=True, value=0.25, percent=True)
@@ -67,7 +71,8 @@ def measure(train_dir: Path, sizes: Sizes, *, work_dir: Path, log: Callable[[str
 
     sides = {"trainjob": side("trainjob", spec_path, "--matmul-size", str(sizes.matmul_size),
                               "--matmul-repetitions", str(sizes.matmul_repetitions))}
-    if precision == "auto":  # With float32 asked for, trainjob's side already is this one.
+    # With float32 asked for, or no bfloat16 in the CPU, trainjob's side already is this one.
+    if precision == "auto" and CPU_BF16_FLAGS & machine.cpu_flags():
         _, float32_spec_path = prepare_runs(train_dir, sizes, work_dir=work_dir,
                                             kind="step-float32", epochs=sizes.step_epochs,
                                             mixed_precision=False)

@@ -114,11 +114,13 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
 
 
 def sizes_of(args: argparse.Namespace) -> Sizes:
-    """The preset the arguments ask for; ``--repetitions`` sets D1's runs too (the demo
-    is the longest figure)."""
+    """The preset the arguments ask for; ``--repetitions`` sets every figure's rounds,
+    those that run fewer by default (P7, M2, D1) included."""
     sizes = QUICK if args.quick else FULL
     if args.repetitions is not None:
         sizes = dataclasses.replace(sizes, repetitions=args.repetitions,
+                                    predict_repetitions=args.repetitions,
+                                    scale_repetitions=args.repetitions,
                                     demo_rounds=args.repetitions)
     return sizes
 
@@ -200,8 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", metavar="IDS",
                         help="comma-separated figures, e.g. P1,P4 (their whole group runs)")
     parser.add_argument("--repetitions", type=_positive, metavar="N",
-                        help="timed rounds per figure, D1's demo runs too (default: 3, "
-                             "D1 2; quick: 1)")
+                        help="timed rounds of every figure (default: 3; P7, M2 and D1: "
+                             "2; quick: 1)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): trainjob's own choice, bfloat16 where the CPU "
                              "has it; float32: every trainjob training side, the demo and "

@@ -196,10 +196,13 @@ def test_precision_is_auto_unless_float32_is_asked_for_quick_or_not():
 
 
 def test_repetitions_set_every_figures_rounds_the_demos_included():
-    assert (FULL.repetitions, FULL.demo_rounds, QUICK.repetitions, QUICK.demo_rounds) \
-        == (3, 2, 1, 1)
-    one = suite.sizes_of(suite._parser().parse_args(["--repetitions", "1"]))
-    assert (one.name, one.repetitions, one.demo_rounds) == ("full", 1, 1)
+    def rounds(sizes):
+        return (sizes.repetitions, sizes.predict_repetitions, sizes.scale_repetitions,
+                sizes.demo_rounds)
+
+    assert (rounds(FULL), rounds(QUICK)) == ((3, 2, 2, 2), (1, 1, 1, 1))
+    five = suite.sizes_of(suite._parser().parse_args(["--repetitions", "5"]))
+    assert (five.name, rounds(five)) == ("full", (5, 5, 5, 5))
     assert suite.sizes_of(suite._parser().parse_args(["--quick"])) == QUICK
 
 
