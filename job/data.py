@@ -217,6 +217,8 @@ def decode(items: ImageList, *, spec: DataSpec, cache_dir: Path | None,
     else:
         pixels, kept, bad = images.decode_many(list(items.paths), size=spec.image_size,
                                                color_mode=spec.color_mode, workers=workers,
+                                               out=aligned_empty((len(items),
+                                                                  *spec.image_shape)),
                                                max_pixels=spec.max_image_pixels)
         decoded = Decoded(pixels, items.labels[np.asarray(kept, dtype=np.int64)], tuple(bad))
     if decoded.bad and spec.on_bad_image == "fail":
@@ -228,6 +230,18 @@ def decode(items: ImageList, *, spec: DataSpec, cache_dir: Path | None,
         print(f"warning: skipping unreadable image {images.printable_path(path)}: {reason}",
               file=sys.stderr, flush=True)
     return decoded
+
+
+def aligned_empty(shape: tuple[int, ...], *, alignment: int = 64) -> np.ndarray:
+    """An uninitialised uint8 array whose first byte sits at a multiple of ``alignment``.
+
+    TensorFlow reads the decoded pixels in place (``job.pipeline.as_tensor``) only
+    from memory aligned for its vector loads; NumPy itself promises 16 bytes.
+    """
+    size = int(np.prod(shape))
+    raw = np.empty(size + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + size].reshape(shape)
 
 
 def _cache_key(items: ImageList, spec: DataSpec) -> str:
@@ -252,7 +266,7 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
     if pixels_path.exists() and meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
-            pixels = np.load(pixels_path, mmap_mode="r")
+            pixels = _mapped(pixels_path)
             labels = np.asarray(meta["labels"], dtype=np.int32)
             if len(pixels) >= len(labels):
                 # Rows past the readable images are unused: decode_many packs them first.
@@ -273,7 +287,14 @@ def _decode_through_file(items: ImageList, *, spec: DataSpec, cache_dir: Path,
     # The labels file is written last: a crash never leaves a cache to be trusted.
     with replacing(meta_path) as tmp:
         tmp.write_text(json.dumps({"labels": labels.tolist(), "bad": [list(b) for b in bad]}))
-    return Decoded(np.load(pixels_path, mmap_mode="r")[:len(labels)], labels, tuple(bad))
+    return Decoded(_mapped(pixels_path)[:len(labels)], labels, tuple(bad))
+
+
+def _mapped(pixels_path: Path) -> np.ndarray:
+    """The cache file mapped copy-on-write: writable in this process, so the training input
+    can read it in place as a tensor (``job.pipeline.as_tensor``), while a write could never
+    reach the file."""
+    return np.load(pixels_path, mmap_mode="c")
 
 
 @dataclass(frozen=True)
