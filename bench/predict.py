@@ -103,6 +103,9 @@ def trainjob_pass(run_dir: Path, folder: Path, *, rows: Path) -> dict:
     """``trainjob predict RUN FOLDER --output rows.csv``, in this process."""
     import io
 
+    from job import kernels
+
+    kernels.apply()  # As `trainjob predict` does before TensorFlow loads: its kernel choice.
     from job import predict
 
     code, seconds = timed(lambda: predict.predict(run_dir, [folder], top_k=TOP_K, output=rows,

@@ -130,6 +130,9 @@ def matmul_dtype(policy: str) -> str:
 
 def trainjob_rates(spec_path: Path, *, run_id: str) -> dict:
     """Images per second of each epoch after the first, as trainjob's loop reports them."""
+    from job import kernels
+
+    kernels.apply()  # As `trainjob train` does before TensorFlow loads: its kernel choice.
     from job import spec as spec_module
     from job.cluster import cluster_from_env
     from job.train import train

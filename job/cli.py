@@ -38,11 +38,14 @@ def run() -> None:
     A Ctrl-C that lands after ``main`` has handled one (a second press, or one
     during the exit) changes nothing any more: it is ignored, never a traceback.
     Commands that load TensorFlow run with its C++ start-up chatter filtered out of
-    stderr (``job.tf_logs``; ``TRAINJOB_TF_LOGS=1`` shows it).
+    stderr (``job.tf_logs``; ``TRAINJOB_TF_LOGS=1`` shows it), and with its oneDNN
+    kernels on (``job.kernels``) unless the environment says otherwise.
     """
-    from job import tf_logs
+    from job import kernels, tf_logs
 
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command in TENSORFLOW_COMMANDS:
+        kernels.apply()  # Before TensorFlow loads: it reads its kernel switch only then.
     restore = tf_logs.hide() if command in TENSORFLOW_COMMANDS else (lambda: None)
     try:
         code = main()
