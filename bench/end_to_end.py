@@ -39,6 +39,9 @@ from bench.specs import SEED, VAL_SPLIT, mixed_precision_setting, prepare_runs
 from job.machine import available_cpus
 
 P4_TARGET = Target(at_least=False, value=0.7)
+P4_FLOAT32_TARGET = Target(at_least=False, value=0.75)
+"""Where trainjob trains in float32 it has no bfloat16 step to gain from, only its input
+path and its kernels: the target the float32 issue set."""
 M1_TARGET = Target(at_least=False, value=1.2)
 P5_TARGET = Target(at_least=True, value=0.8)
 PLAIN_KERAS = Path(__file__).resolve().parent / "plain_keras.py"
@@ -129,7 +132,9 @@ def _figures(ours: list[Run], theirs: list[Run], two_workers: list[Run],
              "epochs": sizes.run_epochs, "precision": ours[0].precision}
     return [
         Figure.of("P4", title=f"End to end, {sizes.run_epochs} epochs (train + save)",
-                  unit="s", reference_name="plain Keras script", target=P4_TARGET,
+                  unit="s", reference_name="plain Keras script",
+                  target=(P4_TARGET if ours[0].precision == "mixed_bfloat16"
+                          else P4_FLOAT32_TARGET),
                   trainjob=[r.seconds for r in ours], reference=[r.seconds for r in theirs],
                   trainjob_val_accuracy=median([r.val_accuracy for r in ours]),
                   reference_val_accuracy=median([r.val_accuracy for r in theirs]),

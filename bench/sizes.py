@@ -31,9 +31,10 @@ class Sizes:
     training processes then fit in the time budget on 2 cores."""
     batch_size: int = 64
     """Global batch for every figure: trainjob's default."""
-    step_epochs: int = 3
+    step_epochs: int = 5
     """P3 epochs per process: the first is a warm-up (it traces the step), the median of
-    the rest is that process's figure."""
+    the other four is that process's figure. Each epoch is only 15 steps: with two, one
+    slow epoch (a busy moment of the machine) decided a round."""
     run_epochs: int = 5
     """P4/P5/M1 epochs per run: enough to learn above chance, and for a cache across
     epochs to pay off."""

@@ -41,7 +41,8 @@ from bench.specs import mixed_precision_setting, prepare_runs
 from job import machine
 from job.precision import CPU_BF16_FLAGS
 
-P3_TARGET = Target(at_least=True, value=1.0)
+P3_TARGET = Target(at_least=True, value=1.1)
+"""In float32 too: the same kernels' work, fed without Python per batch and on oneDNN."""
 P6_TARGET = Target(at_least=True, value=0.25, percent=True)
 TRAINING_FLOPS_PER_FORWARD = 3
 """Training costs about three forward passes: the forward, and the backward pass's
