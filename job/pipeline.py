@@ -63,6 +63,7 @@ def train_batches(decoded: Decoded, *, batch_size: int, start_batch: int, num_ba
     first_pass, offset = divmod(start_batch * batch_size, size)
     passes = -(-(offset + num_batches * batch_size) // size)
 
+    @_as_is
     def permutation(pass_number):
         key = tf.stack([tf.constant(seed, tf.int64),
                         tf.constant(worker, tf.int64) * 2**32 + pass_number])
@@ -72,8 +73,11 @@ def train_batches(decoded: Decoded, *, batch_size: int, start_batch: int, num_ba
     indices = (tf.data.Dataset.range(first_pass, first_pass + passes).map(permutation)
                .unbatch().skip(offset).batch(batch_size, drop_remainder=True)
                .take(num_batches))
-    return indices.map(lambda rows: (tf.gather(pixels, rows), tf.gather(labels, rows))
-                       ).prefetch(tf.data.AUTOTUNE)
+    @_as_is
+    def gather(rows):
+        return tf.gather(pixels, rows), tf.gather(labels, rows)
+
+    return indices.map(gather).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(decoded: Decoded, *, batch_size: int, num_batches: int):
@@ -92,6 +96,7 @@ def eval_batches(decoded: Decoded, *, batch_size: int, num_batches: int):
         return tf.data.Dataset.from_tensors(empty).repeat(num_batches)
     pixels, labels = as_tensor(decoded.pixels), tf.constant(decoded.labels, tf.int32)
 
+    @_as_is
     def batch(number):
         rows = number * batch_size + tf.range(batch_size, dtype=tf.int64)
         real = rows < count
@@ -100,3 +105,12 @@ def eval_batches(decoded: Decoded, *, batch_size: int, num_batches: int):
                 tf.cast(real, tf.float32))
 
     return tf.data.Dataset.range(num_batches).map(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def _as_is(function):
+    """A ``Dataset.map`` function traced without AutoGraph's rewriting of its source.
+
+    These functions have no Python control flow to convert, and converting them
+    parses their source first: it cost the first batch, and with it P1, time.
+    """
+    return tf.autograph.experimental.do_not_convert(function)
