@@ -99,7 +99,7 @@ def measure(sizes: Sizes, *, work_dir: Path, log: Callable[[str], None],
     native = side("native", [])
     if hidden is None or precision != "auto" or not sizes.demo_float32_side:
         if why_not is None and hidden is not None:
-            why_not = "left out in quick mode"
+            why_not = "measured as the figure of --precision float32"
         return [_figure(rounds({NATIVE: native}, sizes.demo_rounds)[NATIVE], None,
                         side="native", why_not=why_not)]
     first = rounds({NATIVE: native, FLOAT32: side("float32", hidden)}, 1)
