@@ -232,15 +232,18 @@ def decode(items: ImageList, *, spec: DataSpec, cache_dir: Path | None,
     return decoded
 
 
-def aligned_empty(shape: tuple[int, ...], *, alignment: int = 64) -> np.ndarray:
-    """An uninitialised uint8 array whose first byte sits at a multiple of ``alignment``.
+TENSOR_ALIGNMENT = 64
+"""Bytes: TensorFlow reads a tensor's buffer with aligned vector loads, and a tensor made
+from unaligned memory aborts the process. Decoded arrays start at a multiple of it, so the
+training input can read them in place (``job.pipeline.as_tensor``)."""
 
-    TensorFlow reads the decoded pixels in place (``job.pipeline.as_tensor``) only
-    from memory aligned for its vector loads; NumPy itself promises 16 bytes.
-    """
+
+def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array whose first byte sits at a multiple of
+    ``TENSOR_ALIGNMENT``; NumPy itself promises 16 bytes."""
     size = int(np.prod(shape))
-    raw = np.empty(size + alignment, dtype=np.uint8)
-    start = -raw.ctypes.data % alignment
+    raw = np.empty(size + TENSOR_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGNMENT
     return raw[start:start + size].reshape(shape)
 
 

@@ -22,12 +22,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from job.data import Decoded
+from job.data import TENSOR_ALIGNMENT, Decoded
 from job.errors import DataError
 
-TENSOR_ALIGNMENT = 64
-"""Bytes: TensorFlow reads a tensor's buffer with aligned vector loads, and a tensor made
-from unaligned memory aborts the process. The decoder allocates to this (job.images)."""
 SHUFFLE_ALGORITHM = "philox"
 """The permutations' random algorithm, named rather than 'auto_select', which may pick
 another on another device: the stream must be the same on every machine."""
