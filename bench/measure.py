@@ -2,7 +2,8 @@
 
 Owns: how a measurement is repeated (warm-ups discarded, trainjob and reference
 alternating so a change in machine load hits both alike), the suite's one
-warm-up (imports and data read once before the first figure), the median, the
+warm-up (imports and data read once before the first figure, in a child that
+may measure something meanwhile), the median, the
 environment of every child, and running one child process to its end with its
 wall time and peak RSS (measured by ``bench/child.py``, a small process between
 us and the child).
@@ -45,8 +46,8 @@ CHILD = Path(__file__).resolve().with_name("child.py")
 """Starts each measured child from a small process; see its docstring for why."""
 LOG_TAIL_LINES = 30
 """Lines of a failed child's log quoted in the error."""
-WARM_UP_IMPORTS = "import PIL.Image, keras, matplotlib.pyplot, tensorflow"
-"""What the measured children load, imported once by the suite's warm-up."""
+WARM_UP_MODULES = ("PIL.Image", "keras", "matplotlib.pyplot", "tensorflow")
+"""What the measured children load, imported once by the suite's warm-up child."""
 
 
 class BenchmarkFailed(RuntimeError):
@@ -87,13 +88,17 @@ def alternate(sides: Mapping[str, Callable[[], T]], *, repetitions: int, warmups
     return kept
 
 
-def warm_up(folders: Iterable[Path], *, log: Path, timeout_seconds: float) -> None:
-    """Once per suite, untimed: read every file of ``folders`` and import what children use.
+def warm_up(folders: Iterable[Path], *, module: str, log: Path,
+            timeout_seconds: float) -> dict:
+    """Once per suite, untimed: read every file of ``folders``, then run the warm-up child.
 
     Every side of every figure runs in a fresh process, so what a first round
     finds cold lives outside processes: the data and the libraries in the page
     cache, and first-use caches on disk (matplotlib's font list). This warms them
     once, for all figures, where a warm-up round per figure ran every side again.
+    The child, ``python -m module``, imports ``WARM_UP_MODULES`` and may measure
+    something while they are loaded (``bench.budget`` calibrates); its result is
+    returned.
     """
     for folder in folders:
         for path in sorted(Path(folder).rglob("*")):
@@ -101,8 +106,7 @@ def warm_up(folders: Iterable[Path], *, log: Path, timeout_seconds: float) -> No
                 with open(path, "rb") as handle:
                     while handle.read(1 << 20):
                         pass
-    run_child([sys.executable, "-c", WARM_UP_IMPORTS], env=child_env(threads=None), cwd=REPO,
-              log=log, timeout_seconds=timeout_seconds)
+    return run_module(module, [], log=log, timeout_seconds=timeout_seconds)
 
 
 def timed(function: Callable[[], T]) -> tuple[T, float]:

@@ -3,7 +3,8 @@
 Owns: what a figure is (trainjob's value, the reference's, every repetition,
 the ratio, each round's own ratio (the spread), the precision the trainjob side
 computed in, and whether it meets its target), the layout of results.json, and
-the table printed at the end of a run (and pasted into BENCHMARKS.md).
+the table printed at the end of a run (and pasted into BENCHMARKS.md), with its
+machine line (which also says which rounds the budget cut).
 Never touches: measuring, processes, TensorFlow.
 """
 
@@ -115,7 +116,8 @@ class Figure:
 
 @dataclass(frozen=True)
 class Timing:
-    """How long a run took, the CPU it used, and how busy other work kept the machine."""
+    """How long a run took, the CPU it used, how busy other work kept the machine, and the
+    rounds the budget planned for it."""
 
     seconds: float
     """Wall time of the whole suite, data generation included."""
@@ -127,6 +129,9 @@ class Timing:
     """Share of all cores' time that processes outside the suite used while it ran."""
     groups: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Each group's ``seconds`` and ``cpu_seconds``, by name, in the order they ran."""
+    plan: dict[str, Any] | None = None
+    """The budget's plan (``bench.budget.plan_json``): the calibration, the estimate and
+    each group's rounds, cut or not."""
 
 
 def results(figures: Sequence[Figure], *, mode: str, precision: str,
@@ -143,6 +148,7 @@ def results(figures: Sequence[Figure], *, mode: str, precision: str,
         "cpu_seconds": timing.cpu_seconds,
         "others_cpu_share": timing.others_cpu_share,
         "groups": timing.groups,
+        "plan": timing.plan,
         "figures": [figure.to_dict() for figure in figures],
     }
 
@@ -210,8 +216,8 @@ def precision_name(policy: str | None) -> str:
 
 
 def machine_line(document: dict[str, Any]) -> str:
-    """One line: versions, CPUs, precision asked for, how long it took, the CPU it used
-    and how busy other work kept the CPUs."""
+    """One line: versions, CPUs, precision asked for, how long it took, the CPU it used,
+    the rounds the budget cut, and how busy other work kept the CPUs."""
     env = document["environment"]
     share = document.get("others_cpu_share")
     busy = "unknown" if share is None else f"{share:.0%}"
@@ -221,11 +227,29 @@ def machine_line(document: dict[str, Any]) -> str:
     cpu = document.get("cpu_seconds")
     used = "" if cpu is None else f" ({cpu:,.0f} CPU-seconds)"
     return (f"{document['mode']} run of {commit} with --precision "
-            f"{document.get('precision', 'auto')}, {document['seconds']:.0f} s{used}; "
+            f"{document.get('precision', 'auto')}, {document['seconds']:.0f} s{used}"
+            f"{budget_cuts(document.get('plan'))}; "
             f"TensorFlow {env['tensorflow']}, Keras {env['keras']}, Pillow {env['pillow']}, "
             f"NumPy {env['numpy']}, Python {env['python']}; {env['cpus_available']} of "
             f"{env['cpu_count']} CPUs available; other processes used {busy} of the CPU "
             "time while it ran.")
+
+
+def budget_cuts(plan: dict[str, Any] | None) -> str:
+    """``, rounds cut by the 540 s budget: ...`` when the plan cut any; else nothing.
+
+    Example:
+        >>> budget_cuts({"budget_seconds": 540.0, "cut": {"end_to_end": 2},
+        ...              "most_rounds": {"end_to_end": 3}})
+        ', rounds cut by the 540 s budget: end_to_end 2 of 3'
+        >>> budget_cuts({"budget_seconds": 540.0, "cut": {}, "most_rounds": {}})
+        ''
+    """
+    if not plan or not plan.get("cut"):
+        return ""
+    cuts = ", ".join(f"{name} {count} of {plan['most_rounds'][name]}"
+                     for name, count in plan["cut"].items())
+    return f", rounds cut by the {plan['budget_seconds']:.0f} s budget: {cuts}"
 
 
 def _number(value: float) -> str:

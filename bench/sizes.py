@@ -1,14 +1,21 @@
 """How big a benchmark run is: data sizes, epochs and repetitions, for full and quick runs.
 
-Owns: the two presets, ``FULL`` (what BENCHMARKS.md reports; under 10 minutes on
-2 CPU cores) and ``QUICK`` (tiny, one repetition: proves the code runs, numbers
-mean nothing).
+Owns: the two presets, ``FULL`` (what BENCHMARKS.md reports; its rounds are the
+most a run makes, and ``bench.budget`` lowers them where a slower machine would take
+the suite past 10 minutes) and ``QUICK`` (tiny, one repetition: proves the code runs,
+numbers mean nothing), and which field holds each figure group's rounds.
 Never touches: files, processes, TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+ROUNDS_FIELDS = {"pipeline": "repetitions", "predict": "predict_repetitions",
+                 "step": "repetitions", "end_to_end": "repetitions",
+                 "scale": "scale_repetitions", "demo": "demo_rounds"}
+"""The field holding each figure group's rounds (P1/P2, P3/P6 and P4/M1/P5 share one)."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,29 @@ class Sizes:
     """Runs of the demo for D1's figure. A run takes the demo's own time (about 40 s on 2
     cores, however fast the machine: it sizes its training to 30 s), so each round costs
     what it costs a newcomer; two give a spread, and D1 sits far from its target."""
+    rounds_fixed: bool = False
+    """True: ``--repetitions`` set every figure's rounds, and the budget planner
+    (``bench.budget``) runs them as asked. False: it may lower a group's rounds, to two at
+    the least, so the suite fits its budget on a slower machine."""
     demo_float32_side: bool = False
     """True: D1 also runs the demo once with bfloat16 hidden from trainjob, where the CPU has
     it and ``--precision auto`` was asked for. Off: that run cost 40 s of an auto run's 622 s
     on this project's 2-core machine, past the 10 minutes; ``--precision float32`` measures
     the float32 demo as its D1 figure, in two rounds."""
+
+
+    def rounds(self, group: str) -> int:
+        """The rounds this preset gives figure group ``group`` (see ``ROUNDS_FIELDS``)."""
+        return getattr(self, ROUNDS_FIELDS[group])
+
+    def with_rounds(self, group: str, rounds: int) -> Sizes:
+        """This preset with ``rounds`` for ``group``: what that group's measurement reads.
+
+        Example:
+            >>> FULL.with_rounds("step", 2).repetitions, FULL.with_rounds("demo", 1).demo_rounds
+            (2, 1)
+        """
+        return dataclasses.replace(self, **{ROUNDS_FIELDS[group]: rounds})
 
 
 FULL = Sizes(name="full")

@@ -3,13 +3,15 @@
 Owns: ``python -m bench [--quick] [--only P1,P4] [--repetitions N]
 [--precision auto|float32] [--out FILE] [--work-dir DIR]``:
 choosing the sizes and the precision, generating the data, running the figure
-groups in order, timing each (wall and CPU seconds), writing results.json and
-printing the table. Progress goes to stderr, the table to stdout, and the last
+groups in order with the rounds ``bench.budget`` plans from the warm-up's
+calibration (and lowers before a group when the time spent says so), timing each
+group (wall and CPU seconds), writing results.json and printing the table.
+Progress goes to stderr (the plan first), the table to stdout, and the last
 line on stderr says how long the whole suite took and how much CPU it used.
 Missing a target is a result, not an error: the exit code is 0 unless a
 measurement itself failed (1).
 Never touches: how any figure is measured (``pipeline``, ``step``, ``end_to_end``,
-``predict``, ``scale``, ``demo``) or warmed up (``measure``).
+``predict``, ``scale``, ``demo``), warmed up (``measure``) or planned (``budget``).
 
 Example:
     >>> main(["--quick", "--out", "/tmp/results.json"])   # doctest: +SKIP
@@ -28,14 +30,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import datasets, end_to_end, machine, pipeline, scale, step
+from bench import budget, datasets, end_to_end, machine, pipeline, scale, step
 from bench import demo as demo_figure
 from bench import predict as predict_figure
 from bench.measure import BenchmarkFailed, warm_up
 from bench.report import Figure, Timing, results, table, write_json
 from bench.sizes import FULL, QUICK, Sizes
 from bench.specs import PRECISIONS
+from job import machine as job_machine
 from job.errors import TrainjobError
+from job.precision import CPU_BF16_FLAGS
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORDER = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "M1", "M2", "D1")
@@ -72,13 +76,50 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
     """Measure the figures of ``groups`` and return the results document.
 
     ``precision`` "float32" makes every trainjob training side compute in float32
-    (see ``bench.specs``); "auto" leaves trainjob's own choice.
+    (see ``bench.specs``); "auto" leaves trainjob's own choice. The warm-up child
+    calibrates this machine, and ``bench.budget`` plans each group's rounds from it
+    (``sizes.rounds_fixed``: as the sizes say), lowering them before a group if the
+    time spent says the budget needs it.
     """
     started, clock = time.monotonic(), machine.cpu_clock()
     env = machine.environment()
     work_dir = Path(work_dir).resolve()  # Specs resolve relative paths against their folder.
     timings: dict[str, dict[str, float | None]] = {}
     timed = functools.partial(_timed, timings=timings, log=log)
+    photos, shapes = _data(sizes, work_dir=work_dir, groups=groups, timed=timed)
+    calibration = timed("warm-up", lambda: warm_up(
+        {photos, shapes} - {work_dir}, module="bench.budget",
+        log=work_dir / "logs" / "warm-up.log", timeout_seconds=sizes.child_timeout_seconds),
+        "imports and data read once, untimed; this machine's speed calibrated")
+    costs = budget.reference_costs(mode=sizes.name, bfloat16=_bfloat16(precision))
+    plan = budget.make_plan(costs, most={name: sizes.rounds(name) for name in RUN_ORDER
+                                         if name in groups},
+                            slowness=budget.slowness_of(calibration["images_per_second"]),
+                            spent_seconds=time.monotonic() - started, fixed=sizes.rounds_fixed)
+    for line in (budget.over_budget_line(plan), budget.plan_line(plan, calibration)):
+        if line:
+            log(line)
+    measures = _measures(photos, shapes, work_dir=work_dir, log=log, precision=precision)
+    figures: list[Figure] = []
+    for name in plan.rounds:
+        plan = _replanned(plan, costs, started=started, timings=timings, log=log)
+        group_sizes = sizes.with_rounds(name, plan.rounds[name])
+        figures += timed(name, functools.partial(measures[name], group_sizes),
+                         ", ".join(GROUPS[name]))
+    figures.sort(key=lambda figure: ORDER.index(figure.id))
+    env["load_average_after"] = machine.environment()["load_average"]
+    timing = Timing(seconds=time.monotonic() - started, cpu_seconds=_cpu_seconds(),
+                    others_cpu_share=machine.others_share(clock, machine.cpu_clock(),
+                                                          cores=env["cpus_available"]),
+                    groups=timings, plan=budget.plan_json(plan, calibration))
+    return results(figures, mode=sizes.name, precision=precision, environment=env,
+                   sizes=dataclasses.asdict(sizes), timing=timing)
+
+
+def _data(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
+          timed: Callable[..., Any]) -> tuple[Path, Path]:
+    """The photo set and the sample shapes the groups need, generated once (the work
+    folder itself stands for a set no group needs)."""
     photos = shapes = work_dir
     if {"pipeline", "predict"}.intersection(groups):
         photos = timed("photo set", lambda: datasets.photo_folder(work_dir, sizes),
@@ -86,42 +127,50 @@ def run(sizes: Sizes, *, work_dir: Path, groups: Sequence[str],
     if {"step", "end_to_end"}.intersection(groups):
         shapes = timed("sample shapes", lambda: datasets.shapes_folder(work_dir, sizes),
                        f"{sizes.shapes_per_class} per class, {sizes.train_image_size} px")
-    timed("warm-up", lambda: warm_up({photos, shapes} - {work_dir}, log=work_dir / "logs"
-                                     / "warm-up.log",
-                                     timeout_seconds=sizes.child_timeout_seconds),
-          "imports and data read once, untimed")
+    return photos, shapes
+
+
+def _measures(photos: Path, shapes: Path, *, work_dir: Path, log: Callable[[str], None],
+              precision: str) -> dict[str, Callable[[Sizes], list[Figure]]]:
+    """Each group's measurement, given the sizes (with its rounds) it runs at."""
     where = {"work_dir": work_dir, "log": log}
-    measures = {
-        "pipeline": lambda: pipeline.measure(photos, sizes, **where),
-        "predict": lambda: predict_figure.measure(photos, sizes, **where),
-        "step": lambda: step.measure(shapes, sizes, precision=precision, **where),
-        "end_to_end": lambda: end_to_end.measure(shapes, sizes, precision=precision,
-                                                 **where),
-        "scale": lambda: scale.measure(sizes, precision=precision, **where),
-        "demo": lambda: demo_figure.measure(sizes, precision=precision, **where),
+    return {
+        "pipeline": lambda sizes: pipeline.measure(photos, sizes, **where),
+        "predict": lambda sizes: predict_figure.measure(photos, sizes, **where),
+        "step": lambda sizes: step.measure(shapes, sizes, precision=precision, **where),
+        "end_to_end": lambda sizes: end_to_end.measure(shapes, sizes, precision=precision,
+                                                       **where),
+        "scale": lambda sizes: scale.measure(sizes, precision=precision, **where),
+        "demo": lambda sizes: demo_figure.measure(sizes, precision=precision, **where),
     }
-    figures: list[Figure] = []
-    for name in (name for name in RUN_ORDER if name in groups):
-        figures += timed(name, measures[name], ", ".join(GROUPS[name]))
-    figures.sort(key=lambda figure: ORDER.index(figure.id))
-    env["load_average_after"] = machine.environment()["load_average"]
-    timing = Timing(seconds=time.monotonic() - started, cpu_seconds=_cpu_seconds(),
-                    others_cpu_share=machine.others_share(clock, machine.cpu_clock(),
-                                                          cores=env["cpus_available"]),
-                    groups=timings)
-    return results(figures, mode=sizes.name, precision=precision, environment=env,
-                   sizes=dataclasses.asdict(sizes), timing=timing)
+
+
+def _replanned(plan: budget.Plan, costs: dict[str, budget.Cost], *, started: float,
+               timings: dict[str, dict[str, float | None]],
+               log: Callable[[str], None]) -> budget.Plan:
+    """The plan before the next group, its cut logged if the deadline made one."""
+    done = {name: float(timings[name]["seconds"] or 0.0) for name in plan.rounds
+            if name in timings}
+    updated = budget.replan(plan, costs, spent_seconds=time.monotonic() - started, done=done)
+    for event in updated.events[len(plan.events):]:
+        log(f"plan: {event}")
+    return updated
+
+
+def _bfloat16(precision: str) -> bool:
+    """Whether trainjob's sides compute in bfloat16 here: ``auto`` on a CPU that has it."""
+    return precision == "auto" and bool(CPU_BF16_FLAGS & job_machine.cpu_flags())
 
 
 def sizes_of(args: argparse.Namespace) -> Sizes:
     """The preset the arguments ask for; ``--repetitions`` sets every figure's rounds,
-    those that run fewer by default (P7, M2, D1) included."""
+    those that run fewer by default (P7, M2, D1) included, and the budget keeps them."""
     sizes = QUICK if args.quick else FULL
     if args.repetitions is not None:
         sizes = dataclasses.replace(sizes, repetitions=args.repetitions,
                                     predict_repetitions=args.repetitions,
                                     scale_repetitions=args.repetitions,
-                                    demo_rounds=args.repetitions)
+                                    demo_rounds=args.repetitions, rounds_fixed=True)
     return sizes
 
 

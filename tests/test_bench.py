@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import scale, suite
+from bench import budget, scale, suite
 from bench.measure import BenchmarkFailed, run_child
 from bench.report import Figure, Target, Timing, results, table
 from bench.sizes import FULL, QUICK
@@ -67,6 +67,11 @@ def test_quick_run_in_float32_reports_every_figure_with_numbers_and_versions(tmp
     assert "* D1: in float32" in completed.stdout
     assert set(document["groups"]) >= set(suite.GROUPS)
     assert "bench: whole suite took " in completed.stderr.splitlines()[-1]
+    plan = document["plan"]
+    assert plan["rounds"] == {name: 1 for name in suite.RUN_ORDER}  # --quick keeps one
+    assert plan["calibration"]["images_per_second"] > 0 and plan["estimated_seconds"] > 0
+    assert plan["cut"] == {} and not plan["fixed"]
+    assert any("plan: calibration" in line for line in completed.stderr.splitlines())
     env = document["environment"]
     for package in ("tensorflow", "keras", "pillow"):
         assert isinstance(env[package], str) and env[package][0].isdigit(), package
@@ -202,7 +207,8 @@ def test_repetitions_set_every_figures_rounds_the_demos_included():
 
     assert (rounds(FULL), rounds(QUICK)) == ((3, 2, 2, 2), (1, 1, 1, 1))
     five = suite.sizes_of(suite._parser().parse_args(["--repetitions", "5"]))
-    assert (five.name, rounds(five)) == ("full", (5, 5, 5, 5))
+    assert (five.name, rounds(five), five.rounds_fixed) == ("full", (5, 5, 5, 5), True)
+    assert not FULL.rounds_fixed and not QUICK.rounds_fixed  # the budget may plan them
     assert suite.sizes_of(suite._parser().parse_args(["--quick"])) == QUICK
 
 
@@ -294,3 +300,133 @@ def test_training_flops_count_convolutions_and_dense_layers():
     model = keras.Model(inputs, outputs)
     forward = 2 * 3 * 3 * 1 * 2 * 8 * 8 + 2 * 2 * 4
     assert training_flops_per_image(model) == 3 * forward
+
+
+FULL_ROUNDS = {name: FULL.rounds(name) for name in suite.RUN_ORDER}
+FLOAT32 = budget.reference_costs(mode="full", bfloat16=False)
+
+
+def plan_at(slowness, *, most=FULL_ROUNDS, costs=FLOAT32, fixed=False, spent_seconds=10.0):
+    return budget.make_plan(costs, most=most, slowness=slowness, spent_seconds=spent_seconds,
+                            fixed=fixed)
+
+
+def test_each_group_runs_the_rounds_its_plan_gives_it_and_no_other_groups():
+    for name in suite.RUN_ORDER:
+        changed = FULL.with_rounds(name, 7)
+        assert changed.rounds(name) == 7
+        assert [changed.rounds(other) for other in suite.RUN_ORDER
+                if FULL.with_rounds(other, 7) != changed] == [
+            FULL.rounds(other) for other in suite.RUN_ORDER if FULL.with_rounds(other, 7)
+            != changed]
+
+
+def test_a_machine_faster_than_the_reference_keeps_every_round():
+    plan = plan_at(budget.slowness_of(budget.REFERENCE_IMAGES_PER_SECOND * 1.25))
+
+    assert plan.rounds == FULL_ROUNDS and plan.cut == {}
+    assert plan.estimated_seconds <= budget.BUDGET_SECONDS and not plan.over_budget
+    assert budget.over_budget_line(plan) is None
+
+
+@pytest.mark.parametrize("slowness", [1.0, 1.05, 1.1, 1.15])
+def test_a_slower_machine_loses_rounds_and_fits_the_budget(slowness):
+    """Nothing below two rounds, nothing above the preset's."""
+    plan = plan_at(slowness)
+
+    assert plan.cut, plan
+    assert plan.estimated_seconds <= budget.BUDGET_SECONDS
+    assert all(2 <= plan.rounds[name] <= FULL_ROUNDS[name] for name in FULL_ROUNDS)
+    assert "(cut from 3)" in budget.plan_line(plan, {"images_per_second": 500.0,
+                                                     "precision": "float32"})
+
+
+def test_rounds_are_cut_where_they_cost_the_spread_least_and_p3_keeps_its_longest():
+    """The reference machine's own estimate is over the budget by one P4/M1/P5 round's
+    worth: that round goes, and P1/P2's, cut first, comes back once there is room."""
+    assert plan_at(1.0).cut == {"end_to_end": 2}
+    assert plan_at(1.1).cut == {"step": 2, "end_to_end": 2}
+
+
+def test_a_machine_too_slow_for_two_rounds_runs_two_and_says_so_up_front():
+    plan = plan_at(5.0)
+
+    assert plan.rounds == {name: 2 for name in FULL_ROUNDS}
+    assert plan.over_budget
+    assert budget.over_budget_line(plan).startswith("plan: even 2 rounds of every figure")
+
+
+def test_repetitions_keep_their_rounds_whatever_the_estimate():
+    asked = {name: 5 for name in FULL_ROUNDS}
+
+    plan = plan_at(3.0, most=asked, fixed=True)
+
+    assert plan.rounds == asked and plan.cut == {} and plan.over_budget
+    assert budget.over_budget_line(plan) is None
+    assert budget.replan(plan, FLOAT32, spent_seconds=400.0,
+                         done={"pipeline": 390.0}).rounds == asked
+
+
+def test_quick_keeps_its_one_round_and_gets_an_estimate():
+    quick = {name: QUICK.rounds(name) for name in suite.RUN_ORDER}
+
+    plan = plan_at(4.0, most=quick, costs=budget.reference_costs(mode="quick",
+                                                                 bfloat16=False))
+
+    assert plan.rounds == quick == {name: 1 for name in suite.RUN_ORDER}
+    assert plan.estimated_seconds > 0
+
+
+def test_bfloat16_runs_are_planned_with_p3s_third_side():
+    auto = budget.reference_costs(mode="full", bfloat16=True)
+
+    assert auto["step"].round_seconds > FLOAT32["step"].round_seconds
+    assert suite._bfloat16("float32") is False
+
+
+def test_the_deadline_lowers_the_rest_when_the_groups_so_far_ran_slower_than_planned():
+    plan = plan_at(0.8)
+    assert plan.rounds == FULL_ROUNDS
+    pipeline_estimate = FLOAT32["pipeline"].seconds(3, slowness=0.8)
+
+    later = budget.replan(plan, FLOAT32, spent_seconds=10 + 3 * pipeline_estimate,
+                          done={"pipeline": 3 * pipeline_estimate})
+
+    assert later.slowness == pytest.approx(2.4)
+    assert later.rounds["pipeline"] == 3  # already run: it stays as it ran
+    assert later.cut and all(later.rounds[name] >= 2 for name in FULL_ROUNDS)
+    assert len(later.events) == 1 and "end_to_end 3 -> 2" in later.events[0]
+
+
+def test_the_deadline_gives_back_rounds_a_busy_calibration_took_but_never_more():
+    plan = plan_at(1.5)
+    assert plan.cut
+    pipeline_estimate = FLOAT32["pipeline"].seconds(plan.rounds["pipeline"], slowness=1.5)
+
+    later = budget.replan(plan, FLOAT32, spent_seconds=10 + pipeline_estimate / 2,
+                          done={"pipeline": pipeline_estimate / 2})
+
+    assert later.slowness == pytest.approx(0.75)
+    assert {name: later.rounds[name] for name in FULL_ROUNDS if name != "pipeline"} == {
+        name: FULL_ROUNDS[name] for name in FULL_ROUNDS if name != "pipeline"}
+    assert later.estimated_seconds <= budget.BUDGET_SECONDS
+
+
+def test_the_machine_line_says_when_the_budget_cut_rounds():
+    figure = Figure.of("P4", title="end to end", unit="s", reference_name="keras",
+                       target=Target(at_least=False, value=0.75), trainjob=[9.0, 8.0],
+                       reference=[10.0, 10.0])
+    cut = plan_at(1.2)
+    calibration = {"images_per_second": 500.0, "precision": "float32"}
+
+    def machine_line(plan):
+        document = document_of([figure])
+        document["plan"] = budget.plan_json(plan, calibration)
+        return next(line for line in table(document).splitlines()
+                    if line.startswith("full run of"))
+
+    assert "rounds cut by the 540 s budget: " in machine_line(cut)
+    assert all(f"{name} {count} of 3" in machine_line(cut) for name, count in cut.cut.items())
+    assert "rounds cut" not in machine_line(plan_at(0.8))
+    assert budget.plan_json(cut, calibration)["speed_vs_reference"] == pytest.approx(
+        500.0 / budget.REFERENCE_IMAGES_PER_SECOND)
