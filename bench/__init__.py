@@ -9,6 +9,8 @@ numbers mean nothing.
 Modules, one concern each:
 
 * ``sizes``: how much data, how many epochs and repetitions (full and quick).
+* ``budget``: the warm-up's calibration, and the rounds each group runs so the suite
+  fits its time budget on this machine.
 * ``datasets``: generating and caching the photo set and the sample shapes.
 * ``specs``: the one trainjob spec every training figure shares.
 * ``measure``: repetitions, medians, and fresh child processes (through ``child``,
