@@ -24,14 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from job import data, export_check
+from job import data, export_check, runtimes
 from job.metrics import averages, class_scores
 
 REPORT_FOLDER = "report"
 """The run report's folder, beside model.h5."""
-PREDICT_BATCH = 64
-"""Images per forward pass when the chief scores its validation images for the report:
-a few MB of activations for the built-in backbones at their usual sizes."""
 
 
 def float32_copy(model, build: Callable[[], Any]):
@@ -55,17 +52,19 @@ def float32_copy(model, build: Callable[[], Any]):
     return copy
 
 
-def export(run, model, *, metrics: dict[str, Any], spec, decoded, log) -> None:
+def export(run, model, *, metrics: dict[str, Any], spec, decoded,
+           log) -> Callable[[np.ndarray], np.ndarray]:
     """Save the model and, on the chief, its other formats and the run's metadata.
 
     ``metrics["classes"]`` names the outputs; ``decoded`` is this worker's decoded
     splits, which the chief checks each format on. Non-chief scratch is removed.
     ``log(text)`` prints a line; ``log.tagged(text)`` one that names the worker.
+    Returns the model's traced forward pass (``export_check.inference``), for the report.
 
     Raises:
         export_check.ExportMismatch: a format missed its limit (``output.export_check``).
     """
-    class_names = metrics["classes"]
+    class_names, predict = metrics["classes"], export_check.inference(model)
     metrics["weights_sha256"] = weights_sha256(model)
     metrics.update(class_figures(metrics, class_names))
     # Every worker saves (collectives may need all of them); only the chief's is shared.
@@ -73,7 +72,8 @@ def export(run, model, *, metrics: dict[str, Any], spec, decoded, log) -> None:
     run.write_text("weights.sha256", metrics["weights_sha256"] + "\n")
     if run.is_chief:
         metrics["exports"] = export_check.write_formats(
-            run, model, output=spec.output, pixels=export_check.parity_images(decoded), log=log)
+            run, model, output=spec.output, pixels=export_check.parity_images(decoded), log=log,
+            predict=predict)
         run.write_json("labels.json", list(class_names))
         run.write_spec(spec.to_dict())
         run.write_json("metrics.json", metrics)
@@ -84,6 +84,7 @@ def export(run, model, *, metrics: dict[str, Any], spec, decoded, log) -> None:
         log.tagged(f"done at step {metrics['steps']}; weights sha256 "
                    f"{metrics['weights_sha256'][:16]}")
     run.cleanup()
+    return predict
 
 
 def weights_sha256(model) -> str:
@@ -118,12 +119,14 @@ def class_figures(metrics: dict[str, Any], class_names) -> dict[str, Any]:
     return figures
 
 
-def report(model, *, metrics: dict[str, Any], reporter, items, decoded, cluster) -> Path | None:
+def report(predict: Callable[[np.ndarray], np.ndarray], *, metrics: dict[str, Any], reporter,
+           items, decoded, cluster) -> Path | None:
     """The chief's run report in ``report/``, and its confusion matrices in TensorBoard.
 
     Called after every worker has exported, so the chief's predictions here hold no
-    peer up. ``items`` is the whole validation split and ``decoded`` the chief's
-    shard of it (``cluster`` says which). The report never fails the run: whatever
+    peer up. ``predict`` is the exported model's forward pass (``export`` returns it),
+    ``items`` the whole validation split and ``decoded`` the chief's shard of it
+    (``cluster`` says which). The report never fails the run: whatever
     goes wrong drawing it (matplotlib, a full disk, a bug) is one warning line on
     stderr, and the run still succeeds with its model and metrics.json.
     """
@@ -131,8 +134,8 @@ def report(model, *, metrics: dict[str, Any], reporter, items, decoded, cluster)
     try:
         from job import report as drawing  # matplotlib: loaded by the chief, at the end only
 
-        worst = _worst(model, data.shard(items, index=cluster.index,
-                                         num_workers=cluster.num_workers),
+        worst = _worst(predict,
+                       data.shard(items, index=cluster.index, num_workers=cluster.num_workers),
                        decoded, workers=cluster.num_workers, count=drawing.WORST_IMAGES)
         written = drawing.write_report(folder, drawing.RunReport(
             run_id=str(metrics.get("run_id", reporter.run.shared.name)),
@@ -149,12 +152,12 @@ def report(model, *, metrics: dict[str, Any], reporter, items, decoded, cluster)
     return folder
 
 
-def _worst(model, shard, decoded, *, workers: int, count: int):
+def _worst(predict, shard, decoded, *, workers: int, count: int):
     """The ``count`` images of the chief's validation shard with the lowest probability
     of their true class, for the report's grid."""
     from job.report import Worst, lowest_true_probability
 
-    true_probability, predicted = true_class_probabilities(model, decoded.pixels,
+    true_probability, predicted = true_class_probabilities(predict, decoded.pixels,
                                                            decoded.labels)
     bad = {path for path, _ in decoded.bad}
     paths = [path for path in shard.paths if path not in bad]
@@ -169,20 +172,20 @@ def _worst(model, shard, decoded, *, workers: int, count: int):
                  workers=workers)
 
 
-def true_class_probabilities(model, pixels, labels) -> tuple[np.ndarray, np.ndarray]:
+def true_class_probabilities(predict, pixels, labels) -> tuple[np.ndarray, np.ndarray]:
     """Each image's probability of its true class, and its predicted class.
 
-    Batch by batch in inference mode, on this worker alone (no collective), keeping two
-    numbers per image rather than every class's probability.
+    Batch by batch with ``predict`` (``export_check.inference``), on this worker alone
+    (no collective), keeping two numbers per image rather than every class's
+    probability.
     """
-    forward = tf.function(lambda batch: model(tf.cast(batch, "float32"), training=False),
-                          reduce_retracing=True)
-    true_parts, predicted_parts = [], []
-    for start in range(0, len(labels), PREDICT_BATCH):
-        probabilities = forward(np.asarray(pixels[start:start + PREDICT_BATCH])).numpy()
-        batch_labels = np.asarray(labels[start:start + PREDICT_BATCH], dtype=np.int64)
-        true_parts.append(probabilities[np.arange(len(batch_labels)), batch_labels])
+    true_parts, predicted_parts, start = [], [], 0
+    for batch, real in runtimes.fixed_batches(pixels):
+        probabilities = predict(batch)[:real]
+        batch_labels = np.asarray(labels[start:start + real], dtype=np.int64)
+        true_parts.append(probabilities[np.arange(real), batch_labels])
         predicted_parts.append(probabilities.argmax(axis=1))
+        start += real
     if not true_parts:
         return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(true_parts), np.concatenate(predicted_parts)

@@ -14,12 +14,13 @@ writes (``job.export``), training.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from job import export_formats, runtimes
+from job import export_formats, fused_norm, runtimes
 from job.errors import RunFailed, StorageError
 from job.run_dir import sha256_file
 
@@ -41,12 +42,14 @@ def parity_images(decoded) -> np.ndarray:
     return np.asarray(pixels[:PARITY_IMAGES])
 
 
-def write_formats(run, model, *, output, pixels: np.ndarray, log) -> dict[str, dict[str, Any]]:
+def write_formats(run, model, *, output, pixels: np.ndarray, log,
+                  predict: Callable[[np.ndarray], np.ndarray] | None = None,
+                  ) -> dict[str, dict[str, Any]]:
     """Write every format of ``output.formats`` beside model.h5 and check each one.
 
     Call it on the chief, after ``run.save_model``. Each file is run in its own runtime
-    on ``pixels`` and its probabilities compared with ``model``'s; one line per format
-    goes to ``log``.
+    on ``pixels`` and its probabilities compared with ``model``'s, computed by
+    ``predict`` (default: ``inference(model)``); one line per format goes to ``log``.
 
     Returns:
         metrics.json's ``exports``: ``{format: {path, sha256, bytes, max_abs_diff,
@@ -57,7 +60,7 @@ def write_formats(run, model, *, output, pixels: np.ndarray, log) -> dict[str, d
         ExportMismatch: under ``output.export_check: fail``, a format missed its limit,
             or could not be written or run; its file was removed.
     """
-    reference = probabilities(model, pixels)
+    reference = probabilities(predict or inference(model), pixels)
     exports = {}
     for name in (name for name in runtimes.FORMATS if name in output.formats):
         exports[name] = _write_and_check(run, model, name, reference=reference, pixels=pixels)
@@ -155,10 +158,21 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0][:200]
 
 
-def probabilities(model, pixels: np.ndarray) -> np.ndarray:
-    """The trained model's class probabilities (float64), batch by batch, inference mode."""
-    forward = tf.function(lambda batch: model(tf.cast(batch, "float32"), training=False),
-                          reduce_retracing=True)
-    parts = [forward(np.asarray(pixels[start:start + PREDICT_BATCH])).numpy()
-             for start in range(0, len(pixels), PREDICT_BATCH)]
+def inference(model) -> Callable[[np.ndarray], np.ndarray]:
+    """``model``'s class probabilities of one batch of ``PREDICT_BATCH`` images, in
+    inference mode with ``job.fused_norm``'s batch norm, traced once: the export's
+    checks and the run report share it."""
+    def forward(batch):
+        with fused_norm.tracing():
+            return model(tf.cast(batch, "float32"), training=False)
+
+    traced = tf.function(forward)
+    return lambda batch: traced(batch).numpy()
+
+
+def probabilities(predict: Callable[[np.ndarray], np.ndarray],
+                  pixels: np.ndarray) -> np.ndarray:
+    """The trained model's class probabilities (float64) of ``pixels``, by ``predict``
+    (``inference``), batch by batch."""
+    parts = [predict(batch)[:real] for batch, real in runtimes.fixed_batches(pixels)]
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0))

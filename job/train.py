@@ -185,10 +185,10 @@ def _train(ctx: _Context) -> Result:
                **_run_facts(ctx, started, trained=trained, start_step=start_step)}
     if started.precision.is_mixed:
         model = export.float32_copy(model, build=lambda: _build_model(ctx, weights=None))
-    export.export(ctx.run, model, metrics=metrics, spec=ctx.spec, decoded=started.decoded,
-                  log=ctx.log)
+    predict = export.export(ctx.run, model, metrics=metrics, spec=ctx.spec,
+                            decoded=started.decoded, log=ctx.log)
     if ctx.cluster.is_chief:  # A report that cannot be drawn is a warning, never a failure.
-        export.report(model, metrics=metrics, reporter=loop.reporter, items=ctx.splits.val,
+        export.report(predict, metrics=metrics, reporter=loop.reporter, items=ctx.splits.val,
                       decoded=started.decoded["val"], cluster=ctx.cluster)
     return Result(metrics=metrics, run_dir=ctx.run.shared)
 
