@@ -40,14 +40,15 @@ of scale and demo remain)."""
 MIN_ROUNDS = 2
 """Fewest rounds the planner leaves a figure: two rounds still give every ratio a spread.
 A preset with fewer (``--quick``: one) keeps its own."""
-REFERENCE_IMAGES_PER_SECOND = 620.0
+REFERENCE_IMAGES_PER_SECOND = 578.0
 """The calibration's figure on this project's 2-core machine (AMD EPYC, AVX-512 with
 bfloat16; TensorFlow 2.21, Keras 3.15, oneDNN kernels), where the group costs below were
-measured: Keras's float32 step of the small CNN at 32 px, batch 64. Measured at 6b359a8
-in nine processes while other work came and went (up to one of the two cores): 609, 614
-and 645 images/s in the three least disturbed, 336-510 in the others. Re-measure it with
-``python -m bench.budget`` on an idle machine when TensorFlow, Keras or the small CNN
-change, or every estimate moves with it."""
+measured: Keras's float32 step of the small CNN at 32 px, batch 64. Measured at b847d0a
+in three processes on the idle machine: 567, 575 and 592 images/s (earlier, under other
+work, 609-645 in the least disturbed processes and 336-510 in the others: Keras's step,
+like ``model.fit`` in P3, runs at one of two speeds from process to process).
+Re-measure it with ``python -m bench.budget`` on an idle machine when TensorFlow, Keras or
+the small CNN change, or every estimate moves with it."""
 CALIBRATION_SECONDS = 2.0
 """Seconds of timed training steps: about 20 steps of 64 images here. Longer would catch
 less of a moment's load; the whole calibration costs about 3 s beside the warm-up's
