@@ -1,8 +1,9 @@
 """The suite's time budget: a short calibration, each group's cost, and the rounds that fit.
 
 Owns: the calibration (``python -m bench.budget``, run as the suite's warm-up child:
-it imports what the measured children use, then times a few of trainjob's float32
-training steps of the bench's small CNN), the reference costs of every figure group
+it imports what the measured children use, then times about two seconds of Keras's own
+float32 ``train_on_batch`` on the bench's small CNN, which no change to trainjob's loop
+moves), the reference costs of every figure group
 as measured on this project's 2-core machine, and the plan: how many rounds each
 group runs so that the whole suite fits ``BUDGET_SECONDS`` here, chosen before the
 first group and chosen again before each later one from the time spent. Every
