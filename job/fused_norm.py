@@ -1,7 +1,8 @@
 """Batch normalization through TensorFlow's fused kernel, in the steps trainjob traces.
 
 Owns: how Keras's ``BatchNormalization`` layers compute while trainjob traces its
-training step, its evaluation step and the trained model's forward pass (``tracing``):
+training step, its evaluation step, the trained model's forward pass and the Keras
+runtime's predict function (``job.runtimes``: predict, evaluate, the export's checks):
 one ``FusedBatchNormV3`` op (and its gradient op) per layer, where Keras 3 builds batch
 norm from about a dozen separate ops (moments, reshapes, ``rsqrt``, multiplies) in
 each direction. In training mode it normalizes with the batch's statistics and updates
@@ -9,8 +10,8 @@ the moving averages exactly as Keras does, from the batch's population variance;
 inference mode (``training=False``, or a frozen layer) it normalizes with the moving
 statistics.
 Never touches: the layers' variables, configuration or class (a model saved at any
-point is plain Keras, and a loaded model computes as Keras does), anything traced
-outside the block, the dtype policy.
+point is plain Keras, and computes as Keras does wherever trainjob does not run it),
+anything traced outside the block, the dtype policy.
 
 Why: batch norm was 17% of the small CNN's op time in float32, nearly all of it in
 the unfused ops; fused, the whole training step took 2.5-2.7 ms of CPU time an image

@@ -4,9 +4,9 @@ Owns: the table of model formats a run exports (``output.formats``): each one's 
 name in the run directory, the runtime that runs it, its parity limit and the Python
 modules it needs beyond the base install (the ``export`` extra); telling a model file's
 format from its name; and running any of them on decoded pixels: Keras for ``h5`` and
-``keras``, TensorFlow's SavedModel loader and its serving signature, the LiteRT
-interpreter, ONNX Runtime. The last two never import TensorFlow, so ``trainjob predict
-model.onnx`` starts in a fraction of the time.
+``keras`` (its batch norm fused by ``job.fused_norm``), TensorFlow's SavedModel loader
+and its serving signature, the LiteRT interpreter, ONNX Runtime. The last two never
+import TensorFlow, so ``trainjob predict model.onnx`` starts in a fraction of the time.
 Never touches: writing models (``job.export_formats``), decoding images, training.
 """
 
@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,9 @@ class Runtime:
     output_shapes: tuple[tuple[int | None, ...], ...]
     run: Callable[[np.ndarray], np.ndarray]
     """float32 images (batch, height, width, channels) -> class probabilities."""
+    loaded: Any = None
+    """What the runtime loaded (the Keras model, the SavedModel's function, the
+    interpreter, the session), for a caller that inspects it."""
 
     def predict(self, pixels: np.ndarray, *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
         """Class probabilities of 0-255 pixels, ``batch_size`` images a call."""
@@ -151,10 +155,18 @@ def _keras(path: Path, fmt: Format) -> Runtime:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
     import keras
 
+    from job import fused_norm  # Imports TensorFlow: loaded only for the formats that use it.
+
     model = keras.saving.load_model(path, compile=False)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        # Keras traces its predict function on the first call: with batch norm fused, the
+        # small CNN predicted 128 px images with 12% less CPU time (BENCHMARKS.md, P7).
+        with fused_norm.tracing():
+            return model.predict_on_batch(batch)
+
     return Runtime(path, fmt, tuple(tuple(t.shape) for t in model.inputs),
-                   tuple(tuple(t.shape) for t in model.outputs),
-                   lambda batch: model.predict_on_batch(batch))
+                   tuple(tuple(t.shape) for t in model.outputs), run, loaded=model)
 
 
 def _saved_model(path: Path, fmt: Format) -> Runtime:
@@ -173,7 +185,7 @@ def _saved_model(path: Path, fmt: Format) -> Runtime:
         return next(iter(serve(**{name: tf.constant(batch)}).values())).numpy()
 
     return Runtime(path, fmt, tuple(tuple(s.shape) for s in inputs.values()),
-                   tuple(tuple(s.shape) for s in outputs.values()), run)
+                   tuple(tuple(s.shape) for s in outputs.values()), run, loaded=serve)
 
 
 def _litert(path: Path, fmt: Format) -> Runtime:
@@ -193,7 +205,7 @@ def _litert(path: Path, fmt: Format) -> Runtime:
         return interpreter.get_tensor(outputs[0]["index"]).copy()
 
     return Runtime(path, fmt, tuple(_dims(d["shape_signature"]) for d in inputs),
-                   tuple(_dims(d["shape_signature"]) for d in outputs), run)
+                   tuple(_dims(d["shape_signature"]) for d in outputs), run, loaded=interpreter)
 
 
 def _onnx(path: Path, fmt: Format) -> Runtime:
@@ -209,7 +221,7 @@ def _onnx(path: Path, fmt: Format) -> Runtime:
         return session.run([outputs[0].name], {inputs[0].name: batch})[0]
 
     return Runtime(path, fmt, tuple(_dims(i.shape) for i in inputs),
-                   tuple(_dims(o.shape) for o in outputs), run)
+                   tuple(_dims(o.shape) for o in outputs), run, loaded=session)
 
 
 def _dims(shape) -> tuple[int | None, ...]:

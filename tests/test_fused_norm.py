@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from job import distributed, fused_norm
+from tests.conftest import KERAS_SAVE_WARNING
 
 
 def _layer(**options):
@@ -138,3 +139,28 @@ def test_the_training_step_trains_with_the_fused_kernel():
     library = traced.graph.as_graph_def().library.function
     ops = {node.op for function in library for node in function.node_def}
     assert "FusedBatchNormV3" in ops and "FusedBatchNormGradV3" in ops
+
+
+@KERAS_SAVE_WARNING
+def test_the_keras_runtime_predicts_with_the_fused_kernel_and_keras_s_numbers(tmp_path):
+    from job import runtimes
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    model.layers[2].moving_variance.assign([0.5, 2.0, 1.5, 0.8])  # Not the identity.
+    model.save(tmp_path / "model.keras")
+    images = np.random.default_rng(3).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
+
+    runtime = runtimes.load(tmp_path / "model.keras")
+    predicted = runtime.predict(images)
+
+    np.testing.assert_allclose(predicted, model.predict(images, verbose=0), rtol=1e-5,
+                               atol=1e-6)
+    traced = runtime.loaded.predict_function._list_all_concrete_functions()
+    ops = {op.type for function in traced for op in function.graph.get_operations()}
+    library = {node.op for function in traced
+               for f in function.graph.as_graph_def().library.function for node in f.node_def}
+    assert "FusedBatchNormV3" in ops | library
+    assert keras.layers.BatchNormalization.call is fused_norm._KERAS_CALL
