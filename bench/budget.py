@@ -92,17 +92,18 @@ class Cost:
 
 
 FLOAT32_COSTS = {
-    "pipeline": Cost(17.5),
-    "predict": Cost(43.0, fixed_seconds=4.5),
-    "step": Cost(35.0),
-    "end_to_end": Cost(62.0),
-    "scale": Cost(25.5, fixed_seconds=6.0),
-    "demo": Cost(8.0, steady_round_seconds=STEADY_DEMO_SECONDS),
+    "pipeline": Cost(17.0),
+    "predict": Cost(37.0, fixed_seconds=4.5),
+    "step": Cost(32.0),
+    "end_to_end": Cost(45.5),
+    "scale": Cost(19.5, fixed_seconds=6.0),
+    "demo": Cost(7.5, steady_round_seconds=STEADY_DEMO_SECONDS),
 }
-"""Full runs with trainjob in float32, on the reference machine: BENCHMARKS.md's "How long
-it takes" (three idle runs at 219e120, the middle of each group's range) divided by its
-rounds (3; P7, M2, D1: 2), the once-only parts aside as each group's child logs showed
-them (P7's model 4.4 s; M2's set-up about 6 s; 38 s a demo, 30 of them sized training)."""
+"""Full runs with trainjob in float32, on the reference machine: three idle runs at
+cbd739d (451, 472 and 490 s; BENCHMARKS.md), each group's time divided by its rounds in
+that run, the middle of the three; the once-only parts aside as each group's child logs
+showed them (P7's model 4.4 s; M2's set-up about 6 s; 37-38 s a demo, 30 of them sized
+training)."""
 BFLOAT16_COSTS = {**FLOAT32_COSTS, "step": Cost(53.0), "end_to_end": Cost(49.0)}
 """``--precision auto`` on a CPU with bfloat16: P3 runs a third side (trainjob in float32),
 and the end-to-end runs train faster (the one idle auto run: 160 and 147 s over 3 rounds)."""
