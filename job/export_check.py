@@ -159,9 +159,9 @@ def _reason(error: BaseException) -> str:
 
 
 def inference(model) -> Callable[[np.ndarray], np.ndarray]:
-    """``model``'s class probabilities of one batch of ``PREDICT_BATCH`` images, in
-    inference mode with ``job.fused_norm``'s batch norm, traced once: the export's
-    checks and the run report share it."""
+    """``model``'s class probabilities of one batch of images (as ``runtimes.fixed_batches``
+    gives them), in inference mode with ``job.fused_norm``'s batch norm, traced once a
+    shape: the export's checks and the run report share it."""
     def forward(batch):
         with fused_norm.tracing():
             return model(tf.cast(batch, "float32"), training=False)

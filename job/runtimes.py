@@ -105,22 +105,26 @@ class Runtime:
 
 def fixed_batches(pixels: np.ndarray,
                   batch_size: int = PREDICT_BATCH) -> Iterator[tuple[np.ndarray, int]]:
-    """``pixels`` as float32 batches of exactly ``batch_size`` images, each with how many
-    of its images are real.
+    """``pixels`` as float32 batches of ``batch_size`` images, each with how many of its
+    images are real.
 
-    The last batch is padded with black images, whose outputs the caller drops. A
-    traced forward pass (Keras's predict function, a ``tf.function``) then sees one
-    shape and traces once; a shorter last batch traced it a second time, about 0.2 s
-    for the small CNN and more for a large backbone.
+    A last batch shorter than the full ones before it is padded with black images,
+    whose outputs the caller drops. A traced forward pass (Keras's predict function, a
+    ``tf.function``) then sees one shape and traces once; a shorter last batch traced
+    it a second time, about 0.2 s for the small CNN and more for a large backbone. A
+    lone short batch is one shape already and stays as it is: padding it would compute
+    a whole batch for a few images.
 
     Example:
         >>> [(batch.shape, real) for batch, real in fixed_batches(np.zeros((5, 2, 2, 3)), 4)]
         [((4, 2, 2, 3), 4), ((4, 2, 2, 3), 1)]
+        >>> [(batch.shape, real) for batch, real in fixed_batches(np.zeros((3, 2, 2, 3)), 4)]
+        [((3, 2, 2, 3), 3)]
     """
     for start in range(0, len(pixels), batch_size):
         batch = np.asarray(pixels[start:start + batch_size], dtype=np.float32)
         real = len(batch)
-        if real < batch_size:
+        if start and real < batch_size:
             padding = np.zeros((batch_size - real, *batch.shape[1:]), np.float32)
             batch = np.concatenate([batch, padding])
         yield batch, real
