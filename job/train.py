@@ -80,8 +80,7 @@ def train(spec: Spec, *, cluster, run_id: str, env: Mapping[str, str] | None = N
     from job import data, rerun, runtimes
     from job.run_dir import RunDir
 
-    env = dict(os.environ if env is None else env)
-    out = out or sys.stdout
+    env, out = dict(os.environ if env is None else env), out or sys.stdout
     started = time.time()
     spec_module.check_worker_count(spec, cluster.num_workers)
     runtimes.check_installed(spec.output.formats)  # Before training, not after it.
@@ -151,6 +150,7 @@ class _Loop:
     """The best epoch so far and early stopping, checkpointed with the rest."""
     iterator: Any = field(default=None)
     """The distributed training batches, from the restored step on."""
+    last_val: tuple[int, EvalResult | None] = (0, None)  # Epoch validated here last, its result.
 
 
 @dataclass(frozen=True)
@@ -185,10 +185,10 @@ def _train(ctx: _Context) -> Result:
                **_run_facts(ctx, started, trained=trained, start_step=start_step)}
     if started.precision.is_mixed:
         model = export.float32_copy(model, build=lambda: _build_model(ctx, weights=None))
-    predict = export.export(ctx.run, model, metrics=metrics, spec=ctx.spec,
-                            decoded=started.decoded, log=ctx.log)
+    predictions = export.export(ctx.run, model, metrics=metrics, spec=ctx.spec,
+                                decoded=started.decoded, log=ctx.log)
     if ctx.cluster.is_chief:  # A report that cannot be drawn is a warning, never a failure.
-        export.report(predict, metrics=metrics, reporter=loop.reporter, items=ctx.splits.val,
+        export.report(predictions, metrics=metrics, reporter=loop.reporter, items=ctx.splits.val,
                       decoded=started.decoded["val"], cluster=ctx.cluster)
     return Result(metrics=metrics, run_dir=ctx.run.shared)
 
@@ -253,18 +253,15 @@ def _decode_shards(ctx: _Context):
 
 
 def _check_trainable(ctx: _Context, started: _Started) -> None:
-    """Refuse data a model cannot learn, from every worker's readable images per class.
-
-    One all-reduce of the counts, so every worker refuses (or warns) alike.
-    """
+    """Refuse data a model cannot learn, from every worker's readable images per class:
+    one all-reduce of the counts, so every worker refuses (or warns) alike."""
     from job import data, distributed
 
     num_classes = len(ctx.splits.class_names)
     counts = np.concatenate([started.decoded["train"].counts(num_classes),
                              started.decoded["val"].counts(num_classes)])
-    summed = distributed.sum_over_workers(started.strategy, counts,
-                                          local_replicas=started.plan.local_replicas)
-    totals = np.rint(summed).astype(int)
+    totals = np.rint(distributed.sum_over_workers(
+        started.strategy, counts, local_replicas=started.plan.local_replicas)).astype(int)
     warnings = data.check_trainable(ctx.splits.class_names, train_counts=totals[:num_classes],
                                     val_counts=totals[num_classes:])
     if ctx.cluster.is_chief:
@@ -428,32 +425,35 @@ def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int,
     val = loop.evaluate("val")
     _check_finite(val.loss, step=step, epoch=epoch, ctx=ctx, loop=loop, what="val_loss")
     loop.selection.on_epoch_end(epoch + 1, loss=val.loss, accuracy=val.accuracy)
-    row = {"epoch": epoch + 1, "step": step, **row, **val.figures("val")}
+    row = {"epoch": epoch + 1, "step": step, **row, **val._replace(confusion=None).figures("val")}
+    loop.last_val = (epoch + 1, val)
     loop.reporter.on_epoch_end(row, epochs=ctx.spec.train.epochs)
     distributed.save(loop.manager, loop.step, step)  # Every epoch end is a checkpoint too.
     return row
 
 
 def _exported_figures(loop: _Loop, trained: _Trained) -> dict[str, Any]:
-    """The figures of the weights to export (the best epoch's, or the last's), validated
-    once more with the confusion matrix; and which epoch they are."""
+    """The figures of the weights to export (the best epoch's, or the last's), with the
+    confusion matrix (validated again unless the last epoch's validation of the same weights
+    counted it); and which epoch they are."""
     best = loop.selection.use_best()
     epoch = best or trained.epochs_trained
     row = next((r for r in loop.reporter.history if int(r["epoch"]) == epoch), None)
     train = ({k: float(row[k]) for k in ("train_loss", "train_accuracy") if row.get(k) != ""}
              if best and row else {k: v for k, v in trained.final.items()
                                    if k.startswith("train_")})
-    return {**train, **loop.evaluate("val", confusion=True).figures("val"),
+    validated, val = loop.last_val
+    if not (validated == epoch == trained.epochs_trained and val.confusion is not None):
+        val = loop.evaluate("val", confusion=True)
+    return {**train, **val.figures("val"),
             **loop.selection.facts(exported_epoch=epoch, epochs_trained=trained.epochs_trained)}
 
 
 def _check_finite(value: float, *, step: int, epoch: int, ctx: _Context, loop: _Loop,
                   what: str = "the training loss") -> None:
-    """Stop a run whose loss is NaN or infinite before it checkpoints or exports it.
-
-    Every worker sees the same all-reduced loss, so all of them stop at the same step.
-    The last checkpoint was taken before the loss went bad; no model.h5 is written.
-    """
+    """Stop a run whose loss is NaN or infinite before it checkpoints or exports it: every
+    worker sees the same all-reduced loss, so all stop at the same step. The last checkpoint
+    was taken before the loss went bad; no model.h5 is written."""
     if np.isfinite(value):
         return
     latest = loop.manager.latest_checkpoint
