@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -29,6 +29,16 @@ from job.metrics import averages, class_scores
 
 REPORT_FOLDER = "report"
 """The run report's folder, beside model.h5."""
+
+
+class Predictions(NamedTuple):
+    """What the export computed with the trained model, for the chief's report."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    """One batch's class probabilities (``export_check.inference``), traced once a shape."""
+    parity: np.ndarray | None = None
+    """The probabilities of ``export_check.parity_images`` (the first validation images),
+    which every format was checked against; None off the chief."""
 
 
 def float32_copy(model, build: Callable[[], Any]):
@@ -52,28 +62,28 @@ def float32_copy(model, build: Callable[[], Any]):
     return copy
 
 
-def export(run, model, *, metrics: dict[str, Any], spec, decoded,
-           log) -> Callable[[np.ndarray], np.ndarray]:
+def export(run, model, *, metrics: dict[str, Any], spec, decoded, log) -> Predictions:
     """Save the model and, on the chief, its other formats and the run's metadata.
 
     ``metrics["classes"]`` names the outputs; ``decoded`` is this worker's decoded
     splits, which the chief checks each format on. Non-chief scratch is removed.
     ``log(text)`` prints a line; ``log.tagged(text)`` one that names the worker.
-    Returns the model's traced forward pass (``export_check.inference``), for the report.
+    Returns the model's traced forward pass and what it predicted, for the report.
 
     Raises:
         export_check.ExportMismatch: a format missed its limit (``output.export_check``).
     """
-    class_names, predict = metrics["classes"], export_check.inference(model)
+    class_names, predict, reference = metrics["classes"], export_check.inference(model), None
     metrics["weights_sha256"] = weights_sha256(model)
     metrics.update(class_figures(metrics, class_names))
     # Every worker saves (collectives may need all of them); only the chief's is shared.
     model_path, metrics["model_sha256"] = run.save_model(model)
     run.write_text("weights.sha256", metrics["weights_sha256"] + "\n")
     if run.is_chief:
+        pixels = export_check.parity_images(decoded)
+        reference = export_check.probabilities(predict, pixels)
         metrics["exports"] = export_check.write_formats(
-            run, model, output=spec.output, pixels=export_check.parity_images(decoded), log=log,
-            predict=predict)
+            run, model, output=spec.output, pixels=pixels, log=log, reference=reference)
         run.write_json("labels.json", list(class_names))
         run.write_spec(spec.to_dict())
         run.write_json("metrics.json", metrics)
@@ -84,7 +94,7 @@ def export(run, model, *, metrics: dict[str, Any], spec, decoded,
         log.tagged(f"done at step {metrics['steps']}; weights sha256 "
                    f"{metrics['weights_sha256'][:16]}")
     run.cleanup()
-    return predict
+    return Predictions(predict, reference)
 
 
 def weights_sha256(model) -> str:
@@ -119,12 +129,12 @@ def class_figures(metrics: dict[str, Any], class_names) -> dict[str, Any]:
     return figures
 
 
-def report(predict: Callable[[np.ndarray], np.ndarray], *, metrics: dict[str, Any], reporter,
-           items, decoded, cluster) -> Path | None:
+def report(predictions: Predictions, *, metrics: dict[str, Any], reporter, items, decoded,
+           cluster) -> Path | None:
     """The chief's run report in ``report/``, and its confusion matrices in TensorBoard.
 
     Called after every worker has exported, so the chief's predictions here hold no
-    peer up. ``predict`` is the exported model's forward pass (``export`` returns it),
+    peer up. ``predictions`` are what ``export`` computed with the exported model,
     ``items`` the whole validation split and ``decoded`` the chief's shard of it
     (``cluster`` says which). The report never fails the run: whatever
     goes wrong drawing it (matplotlib, a full disk, a bug) is one warning line on
@@ -134,7 +144,7 @@ def report(predict: Callable[[np.ndarray], np.ndarray], *, metrics: dict[str, An
     try:
         from job import report as drawing  # matplotlib: loaded by the chief, at the end only
 
-        worst = _worst(predict,
+        worst = _worst(predictions,
                        data.shard(items, index=cluster.index, num_workers=cluster.num_workers),
                        decoded, workers=cluster.num_workers, count=drawing.WORST_IMAGES)
         written = drawing.write_report(folder, drawing.RunReport(
@@ -152,13 +162,20 @@ def report(predict: Callable[[np.ndarray], np.ndarray], *, metrics: dict[str, An
     return folder
 
 
-def _worst(predict, shard, decoded, *, workers: int, count: int):
+def _worst(predictions: Predictions, shard, decoded, *, workers: int, count: int):
     """The ``count`` images of the chief's validation shard with the lowest probability
     of their true class, for the report's grid."""
     from job.report import Worst, lowest_true_probability
 
-    true_probability, predicted = true_class_probabilities(predict, decoded.pixels,
-                                                           decoded.labels)
+    known = predictions.parity
+    if known is not None and 0 < len(decoded.pixels) == len(known):
+        # The formats were checked on this whole shard: no second forward pass over it.
+        labels = np.asarray(decoded.labels, dtype=np.int64)
+        true_probability = known[np.arange(len(labels)), labels].astype(np.float32)
+        predicted = known.argmax(axis=1)
+    else:
+        true_probability, predicted = true_class_probabilities(
+            predictions.predict, decoded.pixels, decoded.labels)
     bad = {path for path, _ in decoded.bad}
     paths = [path for path in shard.paths if path not in bad]
     # Decoded rows are the shard's readable files in order; names only when they line up.

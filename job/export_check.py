@@ -43,13 +43,12 @@ def parity_images(decoded) -> np.ndarray:
 
 
 def write_formats(run, model, *, output, pixels: np.ndarray, log,
-                  predict: Callable[[np.ndarray], np.ndarray] | None = None,
-                  ) -> dict[str, dict[str, Any]]:
+                  reference: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Write every format of ``output.formats`` beside model.h5 and check each one.
 
     Call it on the chief, after ``run.save_model``. Each file is run in its own runtime
-    on ``pixels`` and its probabilities compared with ``model``'s, computed by
-    ``predict`` (default: ``inference(model)``); one line per format goes to ``log``.
+    on ``pixels`` and its probabilities compared with ``model``'s, ``reference``
+    (default: computed by ``inference(model)``); one line per format goes to ``log``.
 
     Returns:
         metrics.json's ``exports``: ``{format: {path, sha256, bytes, max_abs_diff,
@@ -60,7 +59,8 @@ def write_formats(run, model, *, output, pixels: np.ndarray, log,
         ExportMismatch: under ``output.export_check: fail``, a format missed its limit,
             or could not be written or run; its file was removed.
     """
-    reference = probabilities(predict or inference(model), pixels)
+    if reference is None:
+        reference = probabilities(inference(model), pixels)
     exports = {}
     for name in (name for name in runtimes.FORMATS if name in output.formats):
         exports[name] = _write_and_check(run, model, name, reference=reference, pixels=pixels)

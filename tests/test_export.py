@@ -102,6 +102,45 @@ def test_compare_passes_only_the_same_top1_within_the_limit(predicted, passed):
     assert figures["passed"] is passed
 
 
+def toy_predict(batch: np.ndarray) -> np.ndarray:
+    """Class probabilities that depend on each image's pixels: a softmax of channel means."""
+    logits = batch.reshape(len(batch), -1, 3).mean(axis=1) / 40.0
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("images", [5, 70])
+def test_the_report_s_worst_images_from_the_check_s_probabilities_are_the_predicted_ones(
+        images):
+    # The check's probabilities of the first PARITY_IMAGES validation images stand in
+    # for a second forward pass when they cover the whole shard; elsewhere (a shard
+    # beyond them) the report predicts it itself. Both ways give the same grid.
+    from job import export
+    from job.listing import ImageList
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (images, 4, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, images)
+    shard = ImageList(Path("/v"), ("a", "b", "c"), tuple(f"/v/{i}.png" for i in range(images)),
+                      labels)
+    decoded = data.Decoded(pixels, labels)
+    checked = export_check.probabilities(toy_predict, export_check.parity_images(
+        {"val": decoded, "train": decoded}))
+
+    def worst(parity):
+        never = parity is not None and len(parity) == images
+        predict = (lambda batch: pytest.fail("predicted again")) if never else toy_predict
+        return export._worst(export.Predictions(predict, parity), shard, decoded, workers=1,
+                             count=4)
+
+    reused, predicted = worst(checked), worst(None)
+    assert reused.names == predicted.names and len(reused.names) == 4
+    np.testing.assert_array_equal(reused.predicted, predicted.predicted)
+    np.testing.assert_array_equal(reused.labels, predicted.labels)
+    np.testing.assert_allclose(reused.true_probability, predicted.true_probability, rtol=1e-6)
+    np.testing.assert_array_equal(worst(checked[:-1]).names, predicted.names)  # not the shard
+
+
 # --- writing ---------------------------------------------------------------------------
 
 
