@@ -166,7 +166,7 @@ def inference(model) -> Callable[[np.ndarray], np.ndarray]:
         with fused_norm.tracing():
             return model(tf.cast(batch, "float32"), training=False)
 
-    traced = tf.function(forward)
+    traced = tf.function(forward, autograph=False)  # No Python control flow to convert.
     return lambda batch: traced(batch).numpy()
 
 
