@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from job import data, fused_norm, machine
+from job import data, fused_norm, machine, optimizers
 from job import precision as precision_module
 from job.errors import RunFailed, StorageError
 from job.run_dir import CHECKPOINT_NAME
@@ -134,17 +134,9 @@ def set_precision(strategy, spec: Spec, *, cluster) -> precision_module.Choice:
 
 
 def make_optimizer(spec: Spec):
-    """The spec's optimizer; wrapped for loss scaling under ``mixed_float16``."""
-    rate = spec.train.learning_rate
-    optimizer = {
-        "adam": lambda: keras.optimizers.Adam(rate),
-        "adamw": lambda: keras.optimizers.AdamW(rate),
-        "sgd": lambda: keras.optimizers.SGD(rate, momentum=0.9),
-        "rmsprop": lambda: keras.optimizers.RMSprop(rate),
-    }[spec.train.optimizer]()
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
+    """The spec's optimizer (``job.optimizers``); wrapped for loss scaling under
+    ``mixed_float16``."""
+    return optimizers.make(spec.train.optimizer, spec.train.learning_rate)
 
 
 def make_train_steps(strategy, model, optimizer, loss_fn, *, global_batch: int):
