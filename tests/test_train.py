@@ -118,8 +118,10 @@ def test_history_has_one_row_per_epoch(smoke):
 
     assert [(row["epoch"], row["step"]) for row in rows] == [
         ("1", str(metrics["steps_per_epoch"])), ("2", str(metrics["steps"]))]
-    assert float(rows[-1]["val_accuracy"]) == pytest.approx(metrics["val_accuracy"], abs=1e-5)
-    assert float(rows[-1]["train_loss"]) == pytest.approx(metrics["train_loss"], rel=1e-5)
+    # metrics.json reports the exported epoch's figures (the best one's, by default).
+    exported = rows[metrics["exported_epoch"] - 1]
+    assert float(exported["val_accuracy"]) == pytest.approx(metrics["val_accuracy"], abs=1e-5)
+    assert float(exported["train_loss"]) == pytest.approx(metrics["train_loss"], rel=1e-5)
 
 
 def test_spec_yaml_is_the_resolved_spec(smoke):
@@ -134,16 +136,19 @@ def test_exported_model_is_the_trained_model(smoke, shapes_data):
     """model.h5 reloads and predicts exactly what the trained model predicts.
 
     The in-memory model is gone when the CLI returns, but its weights at export are
-    the run's last checkpoint: the final epoch ends with a save at the last step and
-    nothing trains after it. So a fresh model of the same architecture, with that
-    checkpoint restored, stands in for the in-memory model: every weight of the
-    reloaded model.h5 must equal it, and both must predict the same on the test
-    images. A fresh model without the checkpoint must not, or the check is empty.
+    in the run's last checkpoint: the final epoch ends with a save at the last step,
+    nothing trains after it, and the checkpoint keeps the best epoch's weights too,
+    which the run exports by default (``job.selection``). So a fresh model of the same
+    architecture, with that checkpoint restored and the exported epoch's weights put
+    in, stands in for the in-memory model: every weight of the reloaded model.h5 must
+    equal it, and both must predict the same on the test images. A fresh model without
+    the checkpoint must not, or the check is empty.
     """
     import keras
     import tensorflow as tf
 
     from job.model import build_model
+    from job.selection import Selection
 
     spec = spec_module.load(smoke.run_dir / "spec.yaml")
     images = decoded_test_set(shapes_data)
@@ -158,7 +163,11 @@ def test_exported_model_is_the_trained_model(smoke, shapes_data):
     restored = fresh()
     latest = tf.train.latest_checkpoint(str(smoke.run_dir / "checkpoints"))
     assert latest is not None and latest.endswith(f"ckpt-{smoke.metrics()['steps']}")
-    tf.train.Checkpoint(model=restored).restore(latest).expect_partial()
+    selection = Selection(spec, restored)
+    tf.train.Checkpoint(model=restored, **selection.trackables()).restore(
+        latest).expect_partial()
+    assert (selection.use_best() or smoke.metrics()["epochs_trained"]) == \
+        smoke.metrics()["exported_epoch"]
 
     assert [w.path for w in exported.weights] == [w.path for w in restored.weights]
     for ours, theirs in zip(exported.weights, restored.weights):
