@@ -255,8 +255,7 @@ def make_evaluator(strategy, model, loss_fn) -> Callable[..., EvalResult]:
 
     @tf.function(autograph=False)
     def eval_steps(iterator, num_steps, with_confusion: bool):
-        # The whole split in one call, as train_steps does: no Python round trip per batch.
-        # with_confusion is a Python bool: each value is its own trace.
+        # The whole split in one call, as train_steps; each with_confusion is its own trace.
         def step(totals):
             images, labels, weights = iterator.get_next()
             sums = strategy.run(lambda *batch: replica_step(*batch, with_confusion),
