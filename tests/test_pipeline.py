@@ -162,3 +162,16 @@ def test_the_decoded_shard_is_read_in_place_not_copied(tmp_path, cache):
     rows = [np.flatnonzero((decoded.pixels == image).all(axis=(1, 2, 3)))
             for image in first[0].numpy()]
     assert all(len(found) for found in rows)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pipeline.train_batches(numbered(8), batch_size=4, start_batch=0, num_batches=3,
+                                   seed=1, worker=0),
+    lambda: pipeline.eval_batches(numbered(5), batch_size=4, num_batches=3),
+    lambda: pipeline.eval_batches(numbered(0), batch_size=4, num_batches=2),
+], ids=["train", "eval", "empty eval shard"])
+def test_no_stream_starts_tf_data_s_autotuning_thread(make):
+    # Destroying an iterator waits out that thread's sleep, up to 10 s: a two-worker run
+    # sometimes ended that much later. Each stream prefetches a fixed number instead.
+    dataset = make()
+    assert dataset.options().autotune.enabled is False
