@@ -170,9 +170,8 @@ def _worst(predictions: Predictions, shard, decoded, *, workers: int, count: int
     known = predictions.parity
     if known is not None and 0 < len(decoded.pixels) == len(known):
         # The formats were checked on this whole shard: no second forward pass over it.
-        labels = np.asarray(decoded.labels, dtype=np.int64)
-        true_probability = known[np.arange(len(labels)), labels].astype(np.float32)
-        predicted = known.argmax(axis=1)
+        true_probability, predicted = _true_and_predicted(known.astype(np.float32),
+                                                          decoded.labels)
     else:
         true_probability, predicted = true_class_probabilities(
             predictions.predict, decoded.pixels, decoded.labels)
@@ -198,11 +197,17 @@ def true_class_probabilities(predict, pixels, labels) -> tuple[np.ndarray, np.nd
     """
     true_parts, predicted_parts, start = [], [], 0
     for batch, real in runtimes.fixed_batches(pixels):
-        probabilities = predict(batch)[:real]
-        batch_labels = np.asarray(labels[start:start + real], dtype=np.int64)
-        true_parts.append(probabilities[np.arange(real), batch_labels])
-        predicted_parts.append(probabilities.argmax(axis=1))
+        true, predicted = _true_and_predicted(predict(batch)[:real], labels[start:start + real])
+        true_parts.append(true)
+        predicted_parts.append(predicted)
         start += real
     if not true_parts:
         return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(true_parts), np.concatenate(predicted_parts)
+
+
+def _true_and_predicted(probabilities: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's probability of its label, and its most probable class."""
+    rows = np.arange(len(probabilities))
+    return (probabilities[rows, np.asarray(labels, dtype=np.int64)],
+            probabilities.argmax(axis=1))
