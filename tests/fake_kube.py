@@ -51,6 +51,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import string
@@ -313,7 +314,7 @@ class FakeKube:
         self.stop()
 
     def stop(self) -> None:
-        """Stop serving: open streams end, local processes are killed."""
+        """Stop serving: open streams end, local processes are killed, their folders removed."""
         self._stop_event.set()
         with self._cond:
             self._stopping = True
@@ -325,6 +326,7 @@ class FakeKube:
         self._server.server_close()
         for thread in self._threads:
             thread.join(timeout=10)
+        shutil.rmtree(self._workdir, ignore_errors=True)  # the pods' folders: nothing is left
 
     def configuration(self) -> Any:
         """A ``kubernetes.client.Configuration`` pointing at this server."""

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -1016,3 +1017,13 @@ def test_the_submitter_starts_without_importing_tensorflow():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_fake_api_server_leaves_no_folder_behind(tmp_path, monkeypatch):
+    # Its pods' folders live in one temporary folder, removed when it stops: a suite
+    # run must not leave hundreds of them in the machine's temp folder.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with FakeKube():
+        assert len(list(tmp_path.iterdir())) == 1
+
+    assert list(tmp_path.iterdir()) == []
