@@ -1,6 +1,7 @@
 """The exception family and the exit-code contract.
 
-Owns: every exception the CLI turns into one clear line, and the one exit-code table,
+Owns: every exception the CLI turns into one clear line, how a file name is written in
+such a line (``printable_path``), and the one exit-code table,
 ``EXIT_CODES``: what each code means and how it is treated (permanent, retryable,
 interrupted). The launcher's restart rule, the Kubernetes ``podFailurePolicy``, the
 submitter's status lines and the CLI's help all read it; users' scripts rely on it.
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -167,3 +169,21 @@ class JobFailed(TrainjobError):
     """A submitted run ended in failure on the cluster."""
 
     exit_code = EXIT_FAILED
+
+
+def printable_path(path: str | bytes | os.PathLike) -> str:
+    r"""A file name as one printable UTF-8 line, for messages; a printable name is unchanged.
+
+    Else control characters, bytes that are not UTF-8 and backslashes are escaped as in a
+    Python string literal. Example:
+        >>> printable_path("cats/two\nlines.png"), printable_path(b"caf\xe9.png")
+        ('cats/two\\nlines.png', 'caf\\xe9.png')
+    """
+    text = os.fsdecode(path)
+    return text if text.isprintable() else "".join(map(_escape, text))
+
+
+def _escape(char: str) -> str:
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return "\\\\" if char == "\\" else char if char.isprintable() else repr(char)[1:-1]

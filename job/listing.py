@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from job.errors import DataError
-from job.images import is_image_file, printable_path
+from job.errors import DataError, printable_path
+from job.images import is_image_file
 
 FileId = tuple[int, int]
 """(st_dev, st_ino): one real file or folder, however many links lead to it."""

@@ -28,8 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from job.atomic import replacing
-from job.errors import DataError, StorageError
-from job.images import printable_path
+from job.errors import DataError, StorageError, printable_path
 
 FORMATS = (".csv", ".json")
 """Endings of ``--output``: the format is chosen by the file name."""

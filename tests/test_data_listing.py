@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from job import cli, data, images
+from job import cli, data, errors, images
 from job.errors import DataError
 from tests.conftest import write_spec
 from tests.test_data import COLOURS, SIZE, assert_aligned, data_spec, solid_tree
@@ -200,8 +200,8 @@ def test_validate_lists_unprintable_file_names_one_per_line(tmp_path, capsys):
     (os.fsdecode(b"caf\xe9.png"), "caf\\xe9.png"),
 ])
 def test_printable_path_escapes_what_would_split_or_break_a_line(name, shown):
-    assert images.printable_path(name) == shown
-    assert images.printable_path(Path(name)) == shown
+    assert errors.printable_path(name) == shown
+    assert errors.printable_path(Path(name)) == shown
 
 
 # --- datasets that cannot train ----------------------------------------------------------
