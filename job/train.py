@@ -198,9 +198,9 @@ def _start(ctx: _Context) -> _Started:
 
     Decoding needs only Pillow: run in the background, it keeps the cores busy for
     the seconds the import and the strategy take. On Ctrl-C or an error the decode
-    stops after the image in hand (``images.aborting``), not after the whole shard.
+    stops after the image in hand (``rows.aborting``), not after the whole shard.
     """
-    from job import images
+    from job import rows
 
     spec, cluster = ctx.spec, ctx.cluster
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-shards")
@@ -224,7 +224,7 @@ def _start(ctx: _Context) -> _Started:
         ctx.log.tagged(precision.describe())
         _, decoded = decoding.result()
     except BaseException:
-        with images.aborting():
+        with rows.aborting():
             background.shutdown(wait=True, cancel_futures=True)
         raise
     background.shutdown()

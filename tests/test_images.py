@@ -520,6 +520,25 @@ def test_decode_many_rows_equal_decode(tmp_path):
         assert np.array_equal(pixels[row], decode(path, size=(32, 32), color_mode="rgb"))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decode_many_reuses_image_buffers_and_leaves_none_behind(tmp_path, workers):
+    # Pillow frees every image buffer at once by default, and the next image's fresh
+    # pages fault in one by one; while decode_many runs, freed buffers serve the next
+    # images instead, and none are kept after it.
+    paths = [str(save(tmp_path / f"{i}.jpg", photo((200, 150), seed=i), quality=90))
+             for i in range(images.IN_PROCESS_BELOW)]
+    before = Image.core.get_stats()
+
+    decode_many(paths, size=(32, 32), color_mode="rgb", workers=workers)
+
+    after = Image.core.get_stats()
+    # Each photo makes three images (decoded, reduced, resized); all but the first few
+    # reuse a buffer another one freed.
+    assert after["reused_blocks"] - before["reused_blocks"] >= 2 * len(paths)
+    assert after["blocks_cached"] == 0
+    assert Image.core.get_blocks_max() == 0
+
+
 def test_decode_many_writes_straight_into_a_file_backed_array(tmp_path, folder_with_bad_files):
     paths, bad = folder_with_bad_files
     out = np.lib.format.open_memmap(tmp_path / "pixels.npy", mode="w+", dtype=np.uint8,
