@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import sys
 from collections.abc import Sequence
@@ -239,12 +240,19 @@ training input can read them in place (``job.pipeline.as_tensor``)."""
 
 
 def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised uint8 array whose first byte sits at a multiple of
-    ``TENSOR_ALIGNMENT``; NumPy itself promises 16 bytes."""
+    """A new zeroed uint8 array on pages of its own, so its first byte sits at a multiple of
+    ``TENSOR_ALIGNMENT`` (NumPy itself promises 16 bytes).
+
+    Anonymous memory from the system, as NumPy's would be, but without NumPy's request
+    for huge pages: where the kernel honours that request by compacting memory first,
+    as it does by default, a process's first large array stalled on it. 2,000 decoded
+    photos (98 MB) took 0.12 s to fault in, against 0.06 s on ordinary pages shared by
+    the decoder threads: up to 0.06 s of P1's 1.3 s first epoch.
+    """
     size = int(np.prod(shape))
-    raw = np.empty(size + TENSOR_ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % TENSOR_ALIGNMENT
-    return raw[start:start + size].reshape(shape)
+    if size == 0:
+        return np.empty(shape, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8).reshape(shape)
 
 
 def _cache_key(items: ImageList, spec: DataSpec) -> str:
