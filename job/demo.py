@@ -16,7 +16,8 @@ from an earlier run, or one the user edited, which it says in one line.
 
 Example:
     >>> run_demo(out_dir=Path("demo"))   # doctest: +SKIP
-    training 4 classes × 800 images for 6 epochs, about 31 s here (calibrated: ...)
+    training 4 classes × 800 images for 6 epochs, about 31 s here
+      calibrated: ...
     0
 """
 
@@ -243,9 +244,10 @@ class Plan:
     speed: Speed
 
     def describe(self) -> str:
+        """Two lines, each within an 80-column terminal."""
         return (f"training {len(sample_data.CLASSES)} classes × {IMAGES_PER_CLASS} images for "
-                f"{self.epochs} epochs, about {self.seconds:.0f} s here (calibrated: "
-                f"{self.speed.images_per_second:.0f} images/s in {self.speed.precision})")
+                f"{self.epochs} epochs, about {self.seconds:.0f} s here\n  calibrated: "
+                f"{self.speed.images_per_second:.0f} images/s in {self.speed.precision}")
 
 
 def estimate_seconds(speed: Speed, *, epochs: int) -> float:

@@ -154,6 +154,8 @@ def test_the_plan_says_what_it_trains_and_how_long_it_takes_here():
     assert line.startswith(f"training 4 classes × {demo.IMAGES_PER_CLASS} images for "
                            f"{plan.epochs} epochs, about {plan.seconds:.0f} s here")
     assert "700 images/s in float32" in line
+    slowest = demo.choose_epochs(demo.Speed(1.0, start_seconds=99.0, precision="mixed_bfloat16"))
+    assert all(len(text) <= 80 for text in slowest.describe().splitlines())
 
 
 def test_sample_data_with_a_missing_file_is_drawn_again_and_complete_data_reused(tmp_path):
