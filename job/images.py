@@ -244,8 +244,8 @@ def _reusing_image_memory(*, blocks: int) -> Iterator[None]:
     by default Pillow returns every one to the system and asks again for the next:
     fresh pages, faulted in one by one, and every unmapping interrupts the other cores
     running this process's threads. On 512x384 photos and two threads that cost about
-    4% of the decode (0.55 against 0.53 ms a photo, eight paired runs; nothing on one
-    thread), more with more threads. On the way out the pool shrinks back to what it
+    4% of the decode (0.55 against 0.53 ms a photo, eight paired runs; nothing
+    measurable on one thread). On the way out the pool shrinks back to what it
     was (none, unless PILLOW_BLOCKS_MAX set one), so a decode leaves no buffers behind,
     however large its images.
     """
