@@ -170,8 +170,8 @@ def _worst(predictions: Predictions, shard, decoded, *, workers: int, count: int
     known = predictions.parity
     if known is not None and 0 < len(decoded.pixels) == len(known):
         # The formats were checked on this whole shard: no second forward pass over it.
-        true_probability, predicted = _true_and_predicted(known.astype(np.float32),
-                                                          decoded.labels)
+        true_probability, predicted = _true_and_predicted(known, decoded.labels)
+        true_probability = true_probability.astype(np.float32, copy=False)
     else:
         true_probability, predicted = true_class_probabilities(
             predictions.predict, decoded.pixels, decoded.labels)
