@@ -443,3 +443,20 @@ def test_validate_never_imports_tensorflow(tmp_path):
                             capture_output=True, text=True, timeout=120, check=True)
 
     assert result.stdout.strip().splitlines()[-1] == "False False 0"
+
+
+def test_a_memory_cache_the_system_cannot_hold_is_one_clear_error():
+    # 1 PiB is more than any process's address space: the system refuses the mapping.
+    with pytest.raises(DataError, match=r"in memory \(1,073,741,824 MiB: .*\); set data.cache: "
+                                        r"disk to keep them in a file"):
+        data.aligned_empty((2**30, 2**20))
+
+
+def test_the_memory_cache_is_zeroed_writable_and_aligned_for_tensors():
+    pixels = data.aligned_empty((3, 5, 7, 3))
+
+    assert pixels.shape == (3, 5, 7, 3) and pixels.dtype == np.uint8
+    assert pixels.flags.writeable and pixels.flags.c_contiguous
+    assert pixels.ctypes.data % data.TENSOR_ALIGNMENT == 0
+    assert not pixels.any()
+    assert data.aligned_empty((0, 5, 7, 3)).shape == (0, 5, 7, 3)
