@@ -1,15 +1,17 @@
 """Image decoding: files on disk to uint8 pixel arrays of one fixed size.
 
 Owns: everything Pillow does for the project, and this is the only module that
-imports it. Which files count as images, the formats read (JPEG, PNG, BMP, GIF
-first frame, TIFF first page, WebP), EXIF orientation, JPEG ``draft`` (DCT-domain
-downscaling, several times faster on large photos), the resize filter, the reuse of
-Pillow's image memory while decoding, turning every pixel mode into RGB or grayscale,
-and the bad-file policy: a file that
-cannot be fully decoded raises ``UnreadableImage`` with a short reason; it is
-never half-decoded and no Pillow traceback escapes; one declaring over ``max_pixels``
-is refused from its header. ``decode_many`` spreads the work over threads (Pillow
-releases the GIL while it decodes and resizes; ``job.rows`` runs them).
+imports it; a plain JPEG is decoded by ``job.jpeg`` straight into NumPy (Pillow's
+pixels, without Pillow's parser and load) and only resized here. Which files count
+as images, the formats read (JPEG, PNG, BMP, GIF first frame, TIFF first page,
+WebP), EXIF orientation, JPEG ``draft`` (DCT-domain downscaling, several times
+faster on large photos), the resize filter, the reuse of Pillow's image memory while
+decoding, turning every pixel mode into RGB or grayscale, and the bad-file policy: a
+file that cannot be fully decoded raises ``UnreadableImage`` with a short reason; it
+is never half-decoded and no Pillow traceback escapes; one declaring over
+``max_pixels`` is refused from its header. ``decode_many`` spreads the work over
+threads (libjpeg-turbo and Pillow release the GIL while they decode and resize;
+``job.rows`` runs them).
 Never touches: TensorFlow, the model, labels, the cache, or what to do with bad
 files (``job.data`` applies ``data.on_bad_image``).
 
@@ -50,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from job import rows
+from job import jpeg, rows
 from job.errors import DataError, printable_path
 from job.machine import available_cpus
 from job.spec import DataSpec
@@ -298,6 +300,10 @@ def _check_options(size: tuple[int, int], color_mode: str, *, workers: int = 0) 
 
 def _decode(path: str | os.PathLike[str], *, width: int, height: int, color_mode: str,
             max_pixels: int) -> np.ndarray:
+    plain = _decode_plain_jpeg(path, width=width, height=height, color_mode=color_mode,
+                               max_pixels=max_pixels)
+    if plain is not None:
+        return plain
     with Image.open(path, formats=FORMATS) as image:
         declared, box = image.size, None
         if image.format in ("JPEG", "MPO"):
@@ -309,35 +315,70 @@ def _decode(path: str | os.PathLike[str], *, width: int, height: int, color_mode
             drafted = image.draft("RGB" if color_mode == "rgb" else "L", stored)
             # draft rounds its size up; box is the part of that which is real image.
             box = drafted[1] if drafted else None
-            _check_pixels(image, path, declared=declared, max_pixels=max_pixels)
+            _check_pixels(path, declared=declared, drafted=image.size, max_pixels=max_pixels)
             image.load()
         else:
-            _check_pixels(image, path, declared=declared, max_pixels=max_pixels)
+            _check_pixels(path, declared=declared, drafted=declared, max_pixels=max_pixels)
             # Load first: some formats (PNG) keep EXIF after the pixel data, and a
             # decode error must surface from the load, not from reading tags.
             image.load()
             orientation = _orientation(image)
             stored = _stored_size(width=width, height=height, orientation=orientation)
         converted = _to_color_mode(image, color_mode)
-    if box == (0, 0, *converted.size):
+    return _resized(converted, stored=stored, box=box, orientation=orientation)
+
+
+def _decode_plain_jpeg(path: str | os.PathLike[str], *, width: int, height: int,
+                       color_mode: str, max_pixels: int) -> np.ndarray | None:
+    """A plain JPEG (``job.jpeg``) decoded without Pillow's parser and load, to the
+    pixels Pillow gives; None for every other file, which Pillow then decodes."""
+    with open(path, "rb") as handle:
+        if handle.read(len(jpeg.MAGIC)) != jpeg.MAGIC:
+            return None
+        data = jpeg.MAGIC + handle.read()
+    frame = jpeg.frame(data)
+    if frame is None or (Image.MAX_IMAGE_PIXELS is not None
+                         and frame.width * frame.height > Image.MAX_IMAGE_PIXELS):
+        return None  # Pillow's limits on such a file apply: its own path decides
+    stored = _stored_size(width=width, height=height, orientation=frame.orientation)
+    scale = jpeg.draft_scale(frame, stored)
+    _check_pixels(path, declared=(frame.width, frame.height),
+                  drafted=(-(-frame.width // scale), -(-frame.height // scale)),
+                  max_pixels=max_pixels)
+    pixels = jpeg.decode(data, frame, scale=scale, grey=color_mode == "grayscale")
+    if pixels is None:
+        return None
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    image = Image.frombuffer(mode, (pixels.shape[1], pixels.shape[0]), pixels, "raw", mode, 0, 1)
+    # As Pillow's draft says: the part of the rounded-up image that is real image.
+    box = (0, 0, frame.width / scale, frame.height / scale)
+    return _resized(image, stored=stored, box=box, orientation=frame.orientation)
+
+
+def _resized(image: Image.Image, *, stored: tuple[int, int],
+             box: tuple[float, float, float, float] | None, orientation: int) -> np.ndarray:
+    """``image`` resized to ``stored`` (from ``box`` of it), then shown upright, as uint8."""
+    if box == (0, 0, *image.size):
         box = None  # draft kept the full size (upscaling, or already small)
-    if converted.size != stored or box is not None:
-        converted = converted.resize(stored, RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    if image.size != stored or box is not None:
+        image = image.resize(stored, RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
     if orientation in _TRANSPOSE:
         # Transposing after the resize touches only the small image; flips and
         # quarter turns commute exactly with the (symmetric) resize.
-        converted = converted.transpose(_TRANSPOSE[orientation])
-    return np.array(converted, dtype=np.uint8)
+        image = image.transpose(_TRANSPOSE[orientation])
+    return np.array(image, dtype=np.uint8)
 
 
-def _check_pixels(image: Image.Image, path: str | os.PathLike[str], *,
-                  declared: tuple[int, int], max_pixels: int) -> None:
-    """Refuse, from its header alone, an image that would decode to more than ``max_pixels``."""
-    width, height = image.size  # after draft, for a JPEG: what load will allocate
+def _check_pixels(path: str | os.PathLike[str], *, declared: tuple[int, int],
+                  drafted: tuple[int, int], max_pixels: int) -> None:
+    """Refuse, from its header alone, an image that would decode to more than
+    ``max_pixels``: ``drafted`` is (width, height) after a JPEG's draft, what its
+    decode allocates (``declared`` for every other file)."""
+    width, height = drafted
     if not max_pixels or width * height <= max_pixels:
         return
     size = f"{declared[0]}x{declared[1]} pixels"
-    if image.size != declared:
+    if drafted != declared:
         size += f" ({width}x{height} after JPEG draft scaling)"
     raise UnreadableImage(path, f"{size} is over data.max_image_pixels={max_pixels}; resize "
                                 "it or raise the limit")
