@@ -19,6 +19,11 @@ the target needs (the smallest still at least the target size: 1/2 here) with
 no resize, and at the smallest scale (1/8, 64x48, below the target), which is
 little more than the entropy (Huffman) decoding that no JPEG decoder can skip.
 P1 can never exceed the first over Keras's figure. Both are in P1's details.
+The same side also runs the target-scale decode with one thread per core at
+once, as trainjob's decoder runs (each thread taking the next photo, Pillow's
+buffer pool on): the ceiling the cores give for real, where the threads share
+the memory bus and the caches and the GIL between photos. P1's details give
+its share of both ceilings.
 
 Both trainjob's first epoch and the ceiling also count the CPU time they used
 (every thread of the process). Where other programs share the cores, a process
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -67,6 +73,8 @@ class Ceilings:
     """1/8, below the target: little more than entropy decoding."""
     target_scale_cpu: float = 0.0
     """``target_scale`` per CPU-second rather than per second."""
+    target_scale_together: float = 0.0
+    """The target scale with one thread per core at once: images per second of them all."""
 
 
 def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
@@ -95,6 +103,7 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
     floors = {name: median([r[name] for r in runs["floor"]]) * cores
               for name in ("target_scale", "smallest_scale")}
     ceiling_cpu = median([r["target_scale_cpu"] for r in runs["floor"]])
+    together = median([r["target_scale_together"] for r in runs["floor"]])
     where = {"images": sizes.photos, "photo_size": list(sizes.photo_size),
              "decoded_to": [height, width], "batch_size": sizes.batch_size}
     return [
@@ -109,7 +118,11 @@ def measure(folder: Path, sizes: Sizes, *, work_dir: Path,
                   floor_smallest_scale_images_per_second=floors["smallest_scale"],
                   floor_smallest_scale_ratio=floors["smallest_scale"] / keras_first,
                   share_of_ceiling=median([r.first for r in ours]) / floors["target_scale"],
-                  share_of_ceiling_cpu=median([r.first_cpu for r in ours]) / ceiling_cpu),
+                  share_of_ceiling_cpu=median([r.first_cpu for r in ours]) / ceiling_cpu,
+                  floor_target_scale_together_method=(f"{cores} threads at once, each taking "
+                                                      "the next photo"),
+                  floor_target_scale_together_images_per_second=together,
+                  share_of_ceiling_together=median([r.first for r in ours]) / together),
         Figure.of("P2", title="Input pipeline, later epochs", unit="images/s",
                   reference_name="the same Keras dataset, second epoch", target=P2_TARGET,
                   trainjob=[r.later for r in ours], reference=[r.later for r in theirs],
@@ -158,7 +171,8 @@ def keras_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
 
 
 def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) -> Ceilings:
-    """One thread decoding every photo with Pillow, nothing else, at the two ``Ceilings`` scales."""
+    """Every photo decoded with Pillow and nothing else: on one thread at the two
+    ``Ceilings`` scales, then at the target scale on one thread per core at once."""
     from PIL import Image
 
     from job import data
@@ -166,20 +180,41 @@ def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
     paths = data.list_images(folder, key="data.train_dir").paths
     height, width = image_size
 
-    def rates(draft_size: tuple[int, int]) -> tuple[float, float]:
-        """Images per second and per CPU-second."""
-        def decode_all() -> None:
-            for path in paths:
-                with Image.open(path, formats=["JPEG"]) as image:
+    def decode_all(draft_size: tuple[int, int], threads: int) -> None:
+        photos = itertools.count()  # next() is atomic under the GIL
+
+        def work() -> None:
+            for number in photos:
+                if number >= len(paths):
+                    return
+                with Image.open(paths[number], formats=["JPEG"]) as image:
                     image.draft("RGB", draft_size)
                     image.load()
+        if threads == 1:
+            work()
+            return
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+
+    def rates(draft_size: tuple[int, int], threads: int = 1) -> tuple[float, float]:
+        """Images per second and per CPU-second."""
         cpu_started = time.process_time()
-        seconds = timed(decode_all)[1]
+        seconds = timed(lambda: decode_all(draft_size, threads))[1]
         return len(paths) / seconds, len(paths) / (time.process_time() - cpu_started)
 
     target, target_cpu = rates((width, height))
-    return Ceilings(target_scale=target, smallest_scale=rates((1, 1))[0],
-                    target_scale_cpu=target_cpu)
+    smallest = rates((1, 1))[0]
+    blocks = Image.core.get_blocks_max()
+    Image.core.set_blocks_max(max(blocks, 4 * available_cpus()))  # as job.images decodes
+    try:
+        together = rates((width, height), threads=available_cpus())[0]
+    finally:
+        Image.core.set_blocks_max(blocks)
+    return Ceilings(target_scale=target, smallest_scale=smallest, target_scale_cpu=target_cpu,
+                    target_scale_together=together)
 
 
 def _count(batches: Iterable, limit: int | None) -> int:

@@ -51,6 +51,11 @@ def test_quick_run_in_float32_reports_every_figure_with_numbers_and_versions(tmp
     trained = ("P3", "P4", "P5", "P6", "P7", "M1", "M2")
     assert [figures[id]["precision"] for id in trained] == ["float32"] * len(trained)
     assert figures["P1"]["precision"] is None  # no model: the input pipeline only
+    ceilings = figures["P1"]["details"]  # one thread times the cores, and the threads at once
+    assert ceilings["floor_target_scale_images_per_second"] > 0
+    assert ceilings["floor_target_scale_together_images_per_second"] > 0
+    assert math.isclose(ceilings["share_of_ceiling_together"], figures["P1"]["trainjob"]
+                        / ceilings["floor_target_scale_together_images_per_second"])
     assert (figures["D1"]["precision"] == "float32"
             or "bfloat16 could not be hidden" in figures["D1"]["details"]["note"])
     assert "float32_samples" not in figures["P3"]["details"]  # no second float32 side
