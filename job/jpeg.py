@@ -9,11 +9,11 @@ decodes that one with Pillow, which gives the pixels or the error.
 
 Why a second decoder: it is the same libjpeg-turbo that Pillow uses, and it gives
 Pillow's pixels exactly (the tests compare them), without what Pillow adds around
-it in Python: parsing the markers, and a load loop that hands the pixels over line
-by line into Pillow's own layout. On the 512x384 photos of ``make bench``, reading,
-parsing and decoding a photo at 1/2 took 0.62-0.64 ms on one thread, against 0.73-0.74
-for Pillow's open, draft and load; ``decode_many`` on two threads, resize included,
-went from 1,656 to 1,846 photos a second (six paired rounds; BENCHMARKS.md, P1).
+it in Python, under the GIL: parsing the markers at open, and a load loop that
+hands the pixels over line by line into Pillow's own layout. On the 512x384 photos
+of ``make bench``, ``decode_many`` (resize included) went from 950 to 997 photos a
+second on one thread and from 1,656 to 1,846 on two (six paired rounds), where the
+threads wait less for each other (BENCHMARKS.md, P1).
 
 Plain means what nearly every camera, phone and image library writes, and nothing
 whose pixels or orientation could come out differently here: baseline or
