@@ -120,6 +120,36 @@ def test_exif_written_big_endian_with_other_tags_is_read(tmp_path):
         assert pillow.getexif()[0x0112] == 6
 
 
+def test_a_camera_exif_with_a_thumbnail_and_a_sub_directory_is_read(tmp_path, monkeypatch):
+    # What cameras write: IFD0 with a pointer to the EXIF sub-directory, then IFD1 with a
+    # JPEG thumbnail inside the segment (its own start and end markers included).
+    thumbnail = jpeg_bytes(photo((16, 12)), quality=70)
+    ifd0 = [(0x0112, 3, 1, 3 << 16), (0x8769, 4, 1, 0)]  # orientation 3, EXIF IFD pointer
+    start1 = 8 + 2 + 12 * len(ifd0) + 4
+    sub = struct.pack(">H", 1) + struct.pack(">HHII", 0x9000, 7, 4, int.from_bytes(b"0232",
+                                                                                "big"))
+    sub += b"\0\0\0\0"
+    start_sub = start1
+    start_ifd1 = start_sub + len(sub)
+    ifd1_size = 2 + 12 * 2 + 4
+    ifd0[1] = (0x8769, 4, 1, start_sub)
+    ifd1 = struct.pack(">H", 2) + struct.pack(">HHII", 0x0201, 4, 1, start_ifd1 + ifd1_size)
+    ifd1 += struct.pack(">HHII", 0x0202, 4, 1, len(thumbnail)) + b"\0\0\0\0"
+    tiff = (b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", len(ifd0))
+            + b"".join(struct.pack(">HHII", *entry) for entry in ifd0)
+            + struct.pack(">I", start_ifd1) + sub + ifd1 + thumbnail)
+    path = tmp_path / "camera.jpg"
+    path.write_bytes(with_segment(jpeg_bytes(photo((96, 64)), quality=90), 0xE1,
+                                  b"Exif\0\0" + tiff))
+
+    assert jpeg.frame(path.read_bytes()).orientation == 3
+    with Image.open(path) as pillow:
+        assert pillow.getexif()[0x0112] == 3
+    fast = plain(path, size=(24, 32), color_mode="rgb")
+    assert fast is not None
+    assert np.array_equal(fast, by_pillow(path, monkeypatch, size=(24, 32), color_mode="rgb"))
+
+
 DECLINED = {
     # name: how the file is made from a plain 64x48 JPEG's bytes
     "CMYK": lambda data: jpeg_bytes(photo((64, 48), mode="CMYK")),
