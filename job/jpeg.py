@@ -17,8 +17,8 @@ threads wait less for each other (BENCHMARKS.md, P1).
 
 Plain means what nearly every camera, phone and image library writes, and nothing
 whose pixels or orientation could come out differently here: baseline or
-progressive 8-bit Huffman JPEG, one (grey) or three (YCbCr) channels, no Adobe
-segment (which may declare RGB or CMYK), at most one EXIF segment that reads
+progressive 8-bit Huffman JPEG, one (grey) or three (YCbCr: not named R, G, B)
+channels, no Adobe segment (which may declare RGB or CMYK), at most one EXIF segment that reads
 cleanly, no XMP unless EXIF gives the orientation (Pillow would read XMP's), and
 no multi-picture index.
 """
@@ -81,6 +81,8 @@ def frame(data: bytes) -> Frame | None:
             if size is not None or len(body) < 6 or body[0] != 8:
                 return None
             size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"), body[5])
+            if body[6:13:3] == b"RGB":
+                return None  # components named R, G, B: libjpeg reads them as RGB, not YCbCr
         elif 0xC3 <= marker <= 0xCF and marker != _HUFFMAN_TABLES:
             return None  # lossless, hierarchical or arithmetic coding
         elif marker == 0xE1 and body.startswith(_EXIF):

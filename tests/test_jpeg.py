@@ -150,6 +150,14 @@ def test_a_camera_exif_with_a_thumbnail_and_a_sub_directory_is_read(tmp_path, mo
     assert np.array_equal(fast, by_pillow(path, monkeypatch, size=(24, 32), color_mode="rgb"))
 
 
+def without_adobe(data: bytes) -> bytes:
+    """``data`` with its Adobe segment cut out (what some encoders write for RGB JPEGs)."""
+    start = data.index(b"\xff\xee")
+    end = start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
+    assert data[start + 4:start + 9] == b"Adobe"
+    return data[:start] + data[end:]
+
+
 DECLINED = {
     # name: how the file is made from a plain 64x48 JPEG's bytes
     "CMYK": lambda data: jpeg_bytes(photo((64, 48), mode="CMYK")),
@@ -163,6 +171,8 @@ DECLINED = {
     "damaged EXIF": lambda data: with_segment(data, 0xE1, b"Exif\0\0garbage"),
     "EXIF value past its end": lambda data: with_segment(
         data, 0xE1, b"Exif\0\0II*\0\x08\0\0\0\x01\0\x0f\x01\x02\0\x50\0\0\0\xf0\0\0\0\0\0\0\0"),
+    "RGB components without an Adobe segment": lambda data: without_adobe(
+        jpeg_bytes(photo((64, 48)), keep_rgb=True)),
     "arithmetic coding": lambda data: data.replace(b"\xff\xc0", b"\xff\xc9", 1),
     "12-bit samples": lambda data: data.replace(b"\xff\xc0\x00\x11\x08", b"\xff\xc0\x00\x11\x0c",
                                                 1),
