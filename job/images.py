@@ -97,6 +97,10 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 
 POOLED_BLOCKS_PER_THREAD = 4
 """Freed image buffers Pillow keeps for reuse while ``decode_many`` runs, per thread."""
+PLAIN_BYTES_PER_PIXEL = 4
+"""A plain JPEG is read whole into memory only up to this many bytes per pixel of
+``max_pixels``, about what decoding an image at the limit takes: a larger file (huge,
+or padded) goes to Pillow, which refuses an image over the limit from its header."""
 IN_PROCESS_BELOW = 16
 """Images: fewer than this are decoded in the calling thread alone."""
 
@@ -336,6 +340,8 @@ def _decode_plain_jpeg(path: str | os.PathLike[str], *, width: int, height: int,
     with open(path, "rb") as handle:
         if handle.read(len(jpeg.MAGIC)) != jpeg.MAGIC:
             return None
+        if max_pixels and os.fstat(handle.fileno()).st_size > PLAIN_BYTES_PER_PIXEL * max_pixels:
+            return None  # Pillow reads such a file's header alone before it decides
         data = jpeg.MAGIC + handle.read()
     frame = jpeg.frame(data)
     if frame is None or (Image.MAX_IMAGE_PIXELS is not None

@@ -235,6 +235,19 @@ def test_a_jpeg_over_max_pixels_after_draft_is_refused_with_both_sizes(tmp_path)
         decode(path, size=(150, 150), color_mode="rgb", max_pixels=1000)
 
 
+def test_a_file_larger_than_the_pixel_limit_allows_is_not_read_whole(tmp_path, monkeypatch):
+    # A small image padded with megabytes after its end: only Pillow, which reads the
+    # header first, may open it, so a huge or hostile file never lands in memory whole.
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(jpeg_bytes(photo((64, 48))) + bytes(200_000))
+    limit = 64 * 48
+
+    assert images._decode_plain_jpeg(path, width=16, height=16, color_mode="rgb",
+                                     max_pixels=limit) is None
+    assert np.array_equal(decode(path, size=(16, 16), color_mode="rgb", max_pixels=limit),
+                          by_pillow(path, monkeypatch, size=(16, 16), color_mode="rgb"))
+
+
 def outcome(decoder, *args) -> np.ndarray | str:
     """The pixels at 24x24 RGB, or the reason the file is unreadable."""
     try:
