@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -175,29 +174,19 @@ def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
     ``Ceilings`` scales, then at the target scale on one thread per core at once."""
     from PIL import Image
 
-    from job import data
+    from job import data, images, rows
 
     paths = data.list_images(folder, key="data.train_dir").paths
     height, width = image_size
 
     def decode_all(draft_size: tuple[int, int], threads: int) -> None:
-        photos = itertools.count()  # next() is atomic under the GIL
-
-        def work() -> None:
-            for number in photos:
-                if number >= len(paths):
-                    return
-                with Image.open(paths[number], formats=["JPEG"]) as image:
-                    image.draft("RGB", draft_size)
-                    image.load()
-        if threads == 1:
-            work()
-            return
-        pool = [threading.Thread(target=work) for _ in range(threads)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
+        """Every photo, on ``threads`` threads each taking the next (as ``job.rows`` runs
+        trainjob's decoder)."""
+        def decode_one(number: int) -> None:
+            with Image.open(paths[number], formats=["JPEG"]) as image:
+                image.draft("RGB", draft_size)
+                image.load()
+        rows.fill(len(paths), decode_one, threads=threads)
 
     def rates(draft_size: tuple[int, int], threads: int = 1) -> tuple[float, float]:
         """Images per second and per CPU-second."""
@@ -207,12 +196,9 @@ def floor_pass(folder: Path, *, image_size: tuple[int, int], batch_size: int) ->
 
     target, target_cpu = rates((width, height))
     smallest = rates((1, 1))[0]
-    blocks = Image.core.get_blocks_max()
-    Image.core.set_blocks_max(max(blocks, 4 * available_cpus()))  # as job.images decodes
-    try:
-        together = rates((width, height), threads=available_cpus())[0]
-    finally:
-        Image.core.set_blocks_max(blocks)
+    cores = available_cpus()
+    with images.reusing_image_memory(blocks=images.POOLED_BLOCKS_PER_THREAD * cores):
+        together = rates((width, height), threads=cores)[0]  # as trainjob's decoder runs
     return Ceilings(target_scale=target, smallest_scale=smallest, target_scale_cpu=target_cpu,
                     target_scale_together=together)
 

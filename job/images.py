@@ -238,13 +238,13 @@ def _decode_rows(pixels: np.ndarray, names: list[str], *,
         except UnreadableImage as error:
             reasons[row] = error.reason
 
-    with _reusing_image_memory(blocks=POOLED_BLOCKS_PER_THREAD * threads):
+    with reusing_image_memory(blocks=POOLED_BLOCKS_PER_THREAD * threads):
         rows.fill(len(names), decode_row, threads=threads)
     return reasons
 
 
 @contextlib.contextmanager
-def _reusing_image_memory(*, blocks: int) -> Iterator[None]:
+def reusing_image_memory(*, blocks: int) -> Iterator[None]:
     """Pillow keeps up to ``blocks`` freed image buffers for the next images, then frees them.
 
     Each photo takes three (the decoded pixels, the reduced and the resized image), and
