@@ -162,10 +162,11 @@ def decode(path: str | os.PathLike[str], *, size: tuple[int, int], color_mode: s
     """
     height, width = _check_options(size, color_mode)
     try:
-        if os.stat(path).st_size == 0:
+        file_bytes = os.stat(path).st_size
+        if file_bytes == 0:
             raise UnreadableImage(path, "zero-byte file")
         pixels = _decode(path, width=width, height=height, color_mode=color_mode,
-                         max_pixels=max_pixels)
+                         max_pixels=max_pixels, file_bytes=file_bytes)
     except (UnreadableImage, MemoryError):
         raise
     except Exception as error:
@@ -304,9 +305,12 @@ def _check_options(size: tuple[int, int], color_mode: str, *, workers: int = 0) 
 
 
 def _decode(path: str | os.PathLike[str], *, width: int, height: int, color_mode: str,
-            max_pixels: int) -> np.ndarray:
-    plain = _decode_plain_jpeg(path, width=width, height=height, color_mode=color_mode,
-                               max_pixels=max_pixels)
+            max_pixels: int, file_bytes: int) -> np.ndarray:
+    plain = None
+    if not max_pixels or file_bytes <= PLAIN_BYTES_PER_PIXEL * max_pixels:
+        # A larger file is never read whole: Pillow reads its header alone before it decides.
+        plain = _decode_plain_jpeg(path, width=width, height=height, color_mode=color_mode,
+                                   max_pixels=max_pixels)
     if plain is not None:
         return plain
     with Image.open(path, formats=FORMATS) as image:
@@ -336,12 +340,11 @@ def _decode(path: str | os.PathLike[str], *, width: int, height: int, color_mode
 def _decode_plain_jpeg(path: str | os.PathLike[str], *, width: int, height: int,
                        color_mode: str, max_pixels: int) -> np.ndarray | None:
     """A plain JPEG (``job.jpeg``) decoded without Pillow's parser and load, to the
-    pixels Pillow gives; None for every other file, which Pillow then decodes."""
+    pixels Pillow gives; None for every other file, which Pillow then decodes. It reads
+    the file whole: ``_decode`` asks only for files within ``PLAIN_BYTES_PER_PIXEL``."""
     with open(path, "rb") as handle:
         if handle.read(len(jpeg.MAGIC)) != jpeg.MAGIC:
             return None
-        if max_pixels and os.fstat(handle.fileno()).st_size > PLAIN_BYTES_PER_PIXEL * max_pixels:
-            return None  # Pillow reads such a file's header alone before it decides
         data = jpeg.MAGIC + handle.read()
     frame = jpeg.frame(data)
     if frame is None or (Image.MAX_IMAGE_PIXELS is not None

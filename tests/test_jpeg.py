@@ -242,10 +242,18 @@ def test_a_file_larger_than_the_pixel_limit_allows_is_not_read_whole(tmp_path, m
     path.write_bytes(jpeg_bytes(photo((64, 48))) + bytes(200_000))
     limit = 64 * 48
 
-    assert images._decode_plain_jpeg(path, width=16, height=16, color_mode="rgb",
-                                     max_pixels=limit) is None
-    assert np.array_equal(decode(path, size=(16, 16), color_mode="rgb", max_pixels=limit),
-                          by_pillow(path, monkeypatch, size=(16, 16), color_mode="rgb"))
+    read_whole = []
+    original = images._decode_plain_jpeg
+    monkeypatch.setattr(images, "_decode_plain_jpeg", lambda path, **options: (
+        read_whole.append(path) or original(path, **options)))
+
+    pixels = decode(path, size=(16, 16), color_mode="rgb", max_pixels=limit)
+
+    assert read_whole == []
+    assert np.array_equal(pixels, by_pillow(path, monkeypatch, size=(16, 16), color_mode="rgb"))
+    # Within the bound (no limit), the same file is read whole by the plain path.
+    decode(path, size=(16, 16), color_mode="rgb", max_pixels=0)
+    assert read_whole == [path]
 
 
 def outcome(decoder, *args) -> np.ndarray | str:
