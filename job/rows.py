@@ -62,7 +62,7 @@ def aborting() -> Iterator[None]:
     """Stop every ``fill`` in this process, between rows, while the block runs.
 
     For Ctrl-C during a decode in another thread (a run decodes its shard in the
-    background while TensorFlow imports): wait for that thread inside the block,
+    background while the strategy starts): wait for that thread inside the block,
     and it returns after the image in hand instead of after the whole shard, its
     temp cache file removed.
     """

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from job import collector
 from job.errors import DataError, SpecError
 
 PREDICT_BATCH = 64
@@ -157,9 +158,10 @@ def load(path: Path, fmt: Format | None = None) -> Runtime:
 
 def _keras(path: Path, fmt: Format) -> Runtime:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
-    import keras
+    with collector.paused_for_import():
+        import keras
 
-    from job import fused_norm  # Imports TensorFlow: loaded only for the formats that use it.
+        from job import fused_norm  # Imports TensorFlow: only for the formats that use it.
 
     model = keras.saving.load_model(path, compile=False)
 
@@ -175,7 +177,8 @@ def _keras(path: Path, fmt: Format) -> Runtime:
 
 def _saved_model(path: Path, fmt: Format) -> Runtime:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    with collector.paused_for_import():
+        import tensorflow as tf
 
     serve = tf.saved_model.load(str(path)).signatures.get("serving_default")
     if serve is None:

@@ -1,11 +1,10 @@
 """One worker's run: the story of a run, and its epoch loop.
 
-Owns: the order of a run (list the data, claim the run directory, decode this
-worker's shard while TensorFlow imports, create the strategy, agree on the
-precision, refuse data a model cannot learn, build the model, restore, train the
-epochs, test, export), the epoch loop's decisions (how many steps per call, when
-to checkpoint and validate, stopping on SIGTERM or a diverging loss), and the
-lost-peer handling.
+Owns: the order of a run (list the data, claim the run directory, load TensorFlow,
+decode this worker's shard while the strategy starts, agree on the precision, refuse
+data a model cannot learn, build the model, restore, train the epochs, test, export),
+the epoch loop's decisions (how many steps per call, when to checkpoint and validate,
+stopping on SIGTERM or a diverging loss), and the lost-peer handling.
 Never touches: kubernetes, argument parsing, image decoding (``job.data``), the
 layout of the run directory (``job.run_dir``), the compiled steps and collectives
 (``job.distributed``), what is printed and summarised (``job.reporter``).
@@ -164,8 +163,11 @@ class _Trained:
 
 def _train(ctx: _Context) -> Result:
     """From decoding to export (and the chief's report): the rest of the run's story."""
-    from job import distributed, export
+    from job import collector
 
+    _set_tf_config(ctx.cluster)  # Before TensorFlow loads, which may read it then.
+    with collector.paused_for_import():
+        from job import distributed, export  # TensorFlow and Keras
     started = _start(ctx)
     _check_trainable(ctx, started)
     ctx.preemption.raise_if_set()
@@ -194,20 +196,19 @@ def _train(ctx: _Context) -> Result:
 
 
 def _start(ctx: _Context) -> _Started:
-    """Decode this worker's shard while TensorFlow imports and the cluster connects.
+    """Decode this worker's shard while the strategy starts and the cluster connects.
 
-    Decoding needs only Pillow: run in the background, it keeps the cores busy for
-    the seconds the import and the strategy take. On Ctrl-C or an error the decode
+    It runs in the background while the workers find each other; TensorFlow is loaded
+    before it starts (decoding P4's small images during the import, both mostly Python
+    under one GIL, ended the first epoch 0.5 s later). On Ctrl-C or an error the decode
     stops after the image in hand (``rows.aborting``), not after the whole shard.
     """
-    from job import rows
+    from job import distributed, rows
 
     spec, cluster = ctx.spec, ctx.cluster
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-shards")
     try:
         decoding = background.submit(_decode_shards, ctx)
-        _set_tf_config(cluster)
-        from job import distributed  # imports TensorFlow, which reads TF_CONFIG
 
         distributed.seed(spec.train.seed)
         strategy = distributed.make_strategy(
@@ -238,8 +239,7 @@ def _set_tf_config(cluster: Cluster) -> None:
         os.environ[cluster_module.TF_CONFIG_ENV] = tf_config
     else:
         os.environ.pop(cluster_module.TF_CONFIG_ENV, None)
-    # 3: TensorFlow's C++ start-up chatter (no CUDA driver, CPU features) is noise to users;
-    # real failures still surface as Python exceptions.
+    # 3: its C++ start-up chatter is noise to users; failures still raise in Python.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
