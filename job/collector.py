@@ -9,7 +9,7 @@ The import leaves about 370,000 objects that live as long as the process. CPytho
 a full collection each time its long-lived objects grow by a quarter, so the import ran
 five, each longer than the last (20 to 150 ms), and they freed nothing; a sixth, during
 the first epoch, took 170 ms to free two objects. Paused and then frozen, P4's run
-reached the end of its first epoch 0.6 s sooner (ten paired runs, BENCHMARKS.md). The
+reached the end of its first epoch 0.6 s sooner (ten paired runs). The
 frozen objects are modules, classes and functions: nothing a run would free.
 """
 

@@ -209,7 +209,6 @@ def _start(ctx: _Context) -> _Started:
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-shards")
     try:
         decoding = background.submit(_decode_shards, ctx)
-
         distributed.seed(spec.train.seed)
         strategy = distributed.make_strategy(
             cluster, timeout_seconds=spec.train.collective_timeout_seconds)
