@@ -149,7 +149,7 @@ class _Loop:
     """The best epoch so far and early stopping, checkpointed with the rest."""
     iterator: Any = field(default=None)
     """The distributed training batches, from the restored step on."""
-    last_val: tuple[int, EvalResult | None] = (0, None)  # Epoch validated here last, its result.
+    validated: dict[int, EvalResult] = field(default_factory=dict)  # Last and best epoch's.
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,8 @@ def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int,
     _check_finite(val.loss, step=step, epoch=epoch, ctx=ctx, loop=loop, what="val_loss")
     loop.selection.on_epoch_end(epoch + 1, loss=val.loss, accuracy=val.accuracy)
     row = {"epoch": epoch + 1, "step": step, **row, **val._replace(confusion=None).figures("val")}
-    loop.last_val = (epoch + 1, val)
+    best = int(loop.selection.best_epoch.numpy())
+    loop.validated = {e: r for e, r in loop.validated.items() if e == best} | {epoch + 1: val}
     loop.reporter.on_epoch_end(row, epochs=ctx.spec.train.epochs)
     distributed.save(loop.manager, loop.step, step)  # Every epoch end is a checkpoint too.
     return row
@@ -433,16 +434,16 @@ def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int,
 
 def _exported_figures(loop: _Loop, trained: _Trained) -> dict[str, Any]:
     """The figures of the weights to export (the best epoch's, or the last's), with the
-    confusion matrix (validated again unless the last epoch's validation of the same weights
-    counted it); and which epoch they are."""
+    confusion matrix (validated again unless that epoch's validation in this process, of the
+    same weights, counted it); and which epoch they are."""
     best = loop.selection.use_best()
     epoch = best or trained.epochs_trained
     row = next((r for r in loop.reporter.history if int(r["epoch"]) == epoch), None)
     train = ({k: float(row[k]) for k in ("train_loss", "train_accuracy") if row.get(k) != ""}
              if best and row else {k: v for k, v in trained.final.items()
                                    if k.startswith("train_")})
-    validated, val = loop.last_val
-    if not (validated == epoch == trained.epochs_trained and val.confusion is not None):
+    val = loop.validated.get(epoch)
+    if val is None or val.confusion is None:
         val = loop.evaluate("val", confusion=True)
     return {**train, **val.figures("val"),
             **loop.selection.facts(exported_epoch=epoch, epochs_trained=trained.epochs_trained)}

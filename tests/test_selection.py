@@ -121,3 +121,33 @@ def test_a_run_stops_early_and_says_so_in_its_log_history_and_metrics(shapes_dat
                             run_id="early"))
     assert "resumed from checkpoint" in again.out
     assert [row["epoch"] for row in again.history()] == ["1", "2"]  # it stays stopped
+
+
+def test_the_best_epoch_is_exported_with_its_own_validation_not_a_second_one(
+        shapes_data, tmp_path, monkeypatch):
+    # Epoch 1 is made the best whatever the figures (the selection is fed a falling
+    # accuracy), so the exported weights are not the last epoch's.
+    from job import selection
+    from job import train as train_module
+
+    feed = selection.Selection.on_epoch_end
+    monkeypatch.setattr(selection.Selection, "on_epoch_end", lambda self, epoch, **figures: feed(
+        self, epoch, loss=figures["loss"], accuracy=1.0 / epoch))
+    validations = []
+    make_evaluator = train_module._evaluator
+
+    def counting(*args, **kwargs):
+        evaluate = make_evaluator(*args, **kwargs)
+        return lambda name, **options: validations.append(name) or evaluate(name, **options)
+
+    monkeypatch.setattr(train_module, "_evaluator", counting)
+    spec = tiny_spec(shapes_data, tmp_path / "models", train={"epochs": 3})
+
+    run = succeeded(train(tmp_path, spec, run_id="best-first"))
+
+    metrics, first = run.metrics(), run.history()[0]
+    assert metrics["exported_epoch"] == metrics["best_epoch"] == 1
+    assert validations.count("val") == 3  # One a epoch; the export reuses epoch 1's.
+    assert metrics["val_accuracy"] == pytest.approx(float(first["val_accuracy"]), abs=1e-6)
+    matrix = np.asarray(metrics["val_confusion_matrix"])
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["val_accuracy"], abs=1e-6)
