@@ -1,4 +1,5 @@
-"""Pictures of a model's results, drawn with matplotlib (Agg backend, no display).
+"""Pictures of a model's results, drawn with matplotlib (Agg backend, no display), and the
+grid of worst images pasted and lettered with Pillow.
 
 Owns: every matplotlib call of the project, and this is the only module that imports
 it: confusion-matrix PNGs, learning curves, the grid of worst-classified images, and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import io
 import os
 import shutil
@@ -37,6 +39,7 @@ matplotlib.use("Agg")  # Before pyplot: pods and CI have no display.
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from job.atomic import fsync_path, new_file_mode, replacing  # noqa: E402
 from job.metrics import ClassScores, averages, class_scores  # noqa: E402
@@ -273,57 +276,60 @@ def plot_worst_images(worst: Worst, class_names: Sequence[str],
     """The worst-classified images as a thumbnail grid, captioned true / predicted / p.
 
     A wrong prediction's caption is red; an image predicted right but with little
-    confidence (when fewer than a grid's worth are wrong) keeps a black one. One set
-    of axes in pixel units holds every thumbnail and caption: a subplot per image
-    cost 0.7-1.0 s for the 24 of a grid, most of a run report's time, and left the
-    same picture.
+    confidence (when fewer than a grid's worth are wrong) keeps a black one. Pasted
+    and lettered with Pillow in matplotlib's own font: the same picture as one set of
+    matplotlib axes drew, in 0.05 s instead of 0.2-0.3 s (a subplot per image had cost
+    0.7-1.0 s).
     """
     count = len(worst.labels)
     rows = max(1, -(-count // GRID_COLUMNS))
-    cell, caption = THUMB_INCHES * DPI, CAPTION_INCHES * DPI
+    cell, caption = round(THUMB_INCHES * DPI), round(CAPTION_INCHES * DPI)
     width, height = GRID_COLUMNS * cell, TITLE_PIXELS + rows * (caption + cell)
-    figure = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    try:
-        axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-        axes.set_axis_off()
-        for index in range(count):
-            top = TITLE_PIXELS + (index // GRID_COLUMNS) * (caption + cell)
-            _thumbnail(axes, worst, index, class_names,
-                       left=(index % GRID_COLUMNS) * cell, top=top)
-        axes.set_xlim(0, width)
-        axes.set_ylim(height, 0)  # Pixel rows run downwards, as in the picture.
-        axes.set_aspect("auto")
-        figure.text(0.5, 1.0 - 0.5 * TITLE_PIXELS / height,
-                    "lowest probability of the true class, worst first", fontsize=10,
-                    ha="center", va="center")
-        with replacing(path, suffix=".png") as tmp:
-            figure.savefig(tmp, format="png")
-    finally:
-        plt.close(figure)
+    grid = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(grid).text((width / 2, TITLE_PIXELS / 2), "lowest probability of the true "
+                              "class, worst first", font=_font(10), fill="black", anchor="mm")
+    for index in range(count):
+        top = TITLE_PIXELS + (index // GRID_COLUMNS) * (caption + cell)
+        _thumbnail(grid, worst, index, class_names,
+                   left=(index % GRID_COLUMNS) * cell, top=top + caption)
+    with replacing(path, suffix=".png") as tmp:
+        grid.save(tmp, format="PNG")
     return Path(path)
 
 
-def _thumbnail(axes, worst: Worst, index: int, class_names: Sequence[str], *,
-               left: float, top: float) -> None:
-    """One image and its caption in the cell whose top left corner is (left, top)."""
+def _thumbnail(grid: Image.Image, worst: Worst, index: int, class_names: Sequence[str], *,
+               left: int, top: int) -> None:
+    """One image, centred across the cell whose picture area starts at (left, top), and its
+    caption above it: enlarged pixel for pixel (a 32 px image stays crisp) from 3 times up,
+    as matplotlib shows images, otherwise resampled smoothly."""
     pixels = np.asarray(worst.pixels[index])
-    cell, caption = THUMB_INCHES * DPI, CAPTION_INCHES * DPI
-    side = cell - 2 * THUMB_MARGIN_PIXELS
-    scale = side / max(pixels.shape[0], pixels.shape[1])
-    shown_width, shown_height = pixels.shape[1] * scale, pixels.shape[0] * scale
-    x0 = left + THUMB_MARGIN_PIXELS + (side - shown_width) / 2
-    y0 = top + caption
-    extent = (x0, x0 + shown_width, y0 + shown_height, y0)
-    if pixels.shape[-1] == 1:
-        axes.imshow(pixels[..., 0], cmap="gray", vmin=0, vmax=255, extent=extent)
-    else:
-        axes.imshow(pixels, extent=extent)
+    side = round(THUMB_INCHES * DPI) - 2 * THUMB_MARGIN_PIXELS
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.NEAREST if scale >= PIXEL_FOR_PIXEL_SCALE
+                         else Image.Resampling.LANCZOS)
+    grid.paste(image, (left + THUMB_MARGIN_PIXELS + (side - size[0]) // 2, top))
     true, predicted = int(worst.labels[index]), int(worst.predicted[index])
     lines = [f"true {_short(class_names[true])}", f"predicted {_short(class_names[predicted])}",
              f"p(true) {float(worst.true_probability[index]):.3f}",
              _short(worst.names[index]) if index < len(worst.names) else ""]
-    axes.text(left + THUMB_MARGIN_PIXELS, y0 - 4, "\n".join(lines), fontsize=8, ha="left",
-              va="bottom", color="black" if true == predicted else "firebrick")
+    ImageDraw.Draw(grid).multiline_text(
+        (left + THUMB_MARGIN_PIXELS, top - 4), "\n".join(lines), font=_font(8), anchor="ld",
+        fill="black" if true == predicted else WRONG_COLOUR, spacing=3)
+
+
+PIXEL_FOR_PIXEL_SCALE = 3
+"""From this enlargement up a thumbnail repeats pixels; below it, it is resampled (LANCZOS)."""
+WRONG_COLOUR = (178, 34, 34)
+"""A wrong prediction's caption: matplotlib's firebrick, as the rest of the report."""
+
+
+@functools.cache
+def _font(points: float) -> ImageFont.FreeTypeFont:
+    """matplotlib's DejaVu Sans at ``points`` (at ``DPI``), as its own text is drawn."""
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf",
+                                           "DejaVuSans.ttf"), round(points * DPI / 72))
 
 
 def _short(text: str, width: int = CAPTION_CHARACTERS) -> str:

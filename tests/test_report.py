@@ -244,6 +244,31 @@ def test_a_new_report_replaces_the_old_one_whole(tmp_path):
     assert "the 7 of the 14 validation images (50%) that the chief evaluated" in page
 
 
+def test_the_worst_images_grid_shows_each_image_pixel_for_pixel_under_its_caption(tmp_path):
+    from PIL import Image
+
+    worst = made_up_report().worst  # 8x8 grey images; image 0 predicted right, 1 wrong.
+    path = report.plot_worst_images(worst, ("cat", "dog", "fish"), tmp_path / "worst.png")
+
+    grid = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    cell, caption = round(report.THUMB_INCHES * report.DPI), round(report.CAPTION_INCHES
+                                                                   * report.DPI)
+    assert grid.shape == (report.TITLE_PIXELS + 2 * (caption + cell),
+                          report.GRID_COLUMNS * cell, 3)  # 7 images: two rows of six
+    side = cell - 2 * report.THUMB_MARGIN_PIXELS
+    for index in (0, 1, 6):
+        left = (index % report.GRID_COLUMNS) * cell + report.THUMB_MARGIN_PIXELS
+        top = report.TITLE_PIXELS + index // report.GRID_COLUMNS * (caption + cell) + caption
+        shown = grid[top:top + side, left:left + side]
+        rows = ((np.arange(side) + 0.5) * 8 / side).astype(int)  # each source pixel 20.5x
+        enlarged = worst.pixels[index][..., 0][np.ix_(rows, rows)]
+        assert (shown == enlarged[..., None]).all()  # pixel for pixel, grey stays grey
+        inked = grid[top - caption:top, left:left + side].reshape(-1, 3)
+        darkest = inked[np.argmin(inked.sum(axis=-1))]
+        wrong = worst.labels[index] != worst.predicted[index]
+        assert (darkest[0] - darkest[2] > 80) == wrong, (index, darkest)  # red, or black
+
+
 def test_the_worst_images_are_those_with_the_lowest_true_class_probability():
     probabilities = np.array([0.7, 0.05, 0.3, 0.05, 0.9])
 
