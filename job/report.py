@@ -278,7 +278,7 @@ def plot_worst_images(worst: Worst, class_names: Sequence[str],
     A wrong prediction's caption is red; an image predicted right but with little
     confidence (when fewer than a grid's worth are wrong) keeps a black one. Pasted
     and lettered with Pillow in matplotlib's own font: the same picture as one set of
-    matplotlib axes drew, in 0.05 s instead of 0.2-0.3 s (a subplot per image had cost
+    matplotlib axes drew, in 0.06 s instead of 0.2-0.3 s (a subplot per image had cost
     0.7-1.0 s).
     """
     count = len(worst.labels)
@@ -322,7 +322,7 @@ def _thumbnail(grid: Image.Image, worst: Worst, index: int, class_names: Sequenc
 PIXEL_FOR_PIXEL_SCALE = 3
 """From this enlargement up a thumbnail repeats pixels; below it, it is resampled (LANCZOS)."""
 WRONG_COLOUR = (178, 34, 34)
-"""A wrong prediction's caption: matplotlib's firebrick, as the rest of the report."""
+"""A wrong prediction's caption: matplotlib's firebrick, as when matplotlib drew the grid."""
 
 
 @functools.cache
