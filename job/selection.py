@@ -75,6 +75,11 @@ class Selection:
             self.waited.assign_add(1)
 
     @property
+    def best(self) -> int:
+        """The 1-based best epoch so far; 0 before the first validation."""
+        return int(self.best_epoch.numpy())
+
+    @property
     def should_stop(self) -> bool:
         """Whether ``patience`` epochs in a row brought no improvement."""
         return (self.stopping is not None
@@ -88,7 +93,7 @@ class Selection:
 
     def use_best(self) -> int | None:
         """Put the best epoch's weights into the model, if it exports the best; the epoch."""
-        epoch = int(self.best_epoch.numpy())
+        epoch = self.best
         if not self.export_best or epoch == 0:
             return None
         for weight, copy in zip(self._model.weights, self.weights):
@@ -99,6 +104,6 @@ class Selection:
         """metrics.json's account of the selection."""
         return {"export_model": "best" if self.export_best else "last",
                 "exported_epoch": exported_epoch,
-                "best_epoch": int(self.best_epoch.numpy()) or None,
+                "best_epoch": self.best or None,
                 "stopped_early": self.should_stop,
                 "epochs_trained": epochs_trained}

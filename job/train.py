@@ -425,7 +425,7 @@ def _end_epoch(ctx: _Context, loop: _Loop, *, epoch: int, step: int,
     _check_finite(val.loss, step=step, epoch=epoch, ctx=ctx, loop=loop, what="val_loss")
     loop.selection.on_epoch_end(epoch + 1, loss=val.loss, accuracy=val.accuracy)
     row = {"epoch": epoch + 1, "step": step, **row, **val._replace(confusion=None).figures("val")}
-    best = int(loop.selection.best_epoch.numpy())
+    best = loop.selection.best
     loop.validated = {e: r for e, r in loop.validated.items() if e == best} | {epoch + 1: val}
     loop.reporter.on_epoch_end(row, epochs=ctx.spec.train.epochs)
     distributed.save(loop.manager, loop.step, step)  # Every epoch end is a checkpoint too.
